@@ -1,0 +1,51 @@
+# The two commands: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+
+.PHONY: demo test lint typecheck pytest bench soak clean check-mosquitto
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.demo-installed: pyproject.toml $(BIN)/activate
+	$(PY) -m pip install --quiet -e '.[demo]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml $(BIN)/activate
+	$(PY) -m pip install --quiet -e '.[test,demo]'
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/jaa-gateway demo
+
+check-mosquitto:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "mosquitto not found: installing it with apt-get"; \
+	    (apt-get install -y mosquitto || (apt-get update && apt-get install -y mosquitto)); \
+	  else \
+	    echo "error: the tests need a 'mosquitto' binary. Install it: sudo apt-get install -y mosquitto" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check jaa_gateway tests benchmarks
+	$(BIN)/ruff format --check jaa_gateway tests benchmarks
+
+typecheck: $(VENV)/.test-installed
+	$(BIN)/mypy jaa_gateway
+
+pytest: $(VENV)/.test-installed check-mosquitto
+	$(BIN)/pytest -q
+
+test: $(VENV)/.test-installed check-mosquitto lint typecheck pytest
+
+bench: $(VENV)/.test-installed check-mosquitto
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
