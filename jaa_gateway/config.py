@@ -1,29 +1,42 @@
 """Configuration: TOML -> frozen pydantic models, with cross-checks.
 
 `load_config(path)` returns a `Config` or raises `ConfigError` whose `problems` are lines of the
-form ``file: key: why`` -- every problem at once, so an operator fixes a file in one pass.
+form ``file: key: why`` -- every problem at once, so an operator fixes a file in one pass. Keys
+name list entries by their id where they have one (``people[ola].phone``), else by position.
+No problem line ever contains a secret (tokens, passwords, values read from the environment).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+import math
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from pydantic import (
+    PlainSerializer,
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    PrivateAttr,
     SecretStr,
+    StrictBool,
+    Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 # --------------------------------------------------------------------------- value types
@@ -31,30 +44,34 @@ from pydantic import (
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 MAX_DURATION = dt.timedelta(days=366)
+_DURATION_HINT = "use a number of seconds or a string like '45s', '10m', '4h'"
 
 
 def parse_duration(value: object) -> dt.timedelta:
     """Parse ``"45s"``, ``"10m"``, ``"4h"``, ``"1d"`` or a number of seconds."""
     if isinstance(value, dt.timedelta):
-        td = value
+        seconds = value.total_seconds()
     elif isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '45s', '10m', '4h'")
+        raise ValueError(f"a duration is not true/false ({_DURATION_HINT})")
     elif isinstance(value, int | float):
-        td = dt.timedelta(seconds=float(value))
+        seconds = float(value)
     elif isinstance(value, str):
         m = _DURATION_RE.match(value)
+        if not m and value.strip().startswith("-"):
+            raise ValueError("a duration cannot be negative")
         if not m:
-            raise ValueError(
-                f"{value!r} is not a duration (use a number of seconds or '45s', '10m', '4h')"
-            )
-        td = dt.timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2)])
+            raise ValueError(f"{value!r} is not a duration ({_DURATION_HINT})")
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     else:
-        raise ValueError("a duration is a number of seconds or a string like '45s', '10m', '4h'")
-    if td < dt.timedelta(0):
+        raise ValueError(f"a duration is a number of seconds or a string ({_DURATION_HINT})")
+    # TOML has inf and nan, and huge literals overflow timedelta: check before building one
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number")
+    if seconds < 0:
         raise ValueError("a duration cannot be negative")
-    if td > MAX_DURATION:
+    if seconds > MAX_DURATION.total_seconds():
         raise ValueError("a duration cannot be longer than 366 days")
-    return td
+    return dt.timedelta(seconds=seconds)
 
 
 def format_duration(td: dt.timedelta) -> str:
@@ -67,12 +84,15 @@ def format_duration(td: dt.timedelta) -> str:
 
 def _parse_hhmm(value: object) -> dt.time:
     if isinstance(value, dt.time):
+        # a TOML local time such as 07:00:00; seconds would be silently lost, so refuse them
+        if value.second or value.microsecond or value.tzinfo is not None:
+            raise ValueError(f"{value.isoformat()} is not a time of day in HH:MM form")
         return value
     if not isinstance(value, str) or not re.fullmatch(r"\d{2}:\d{2}", value):
-        raise ValueError(f"{value!r} is not a time of day in HH:MM form")
+        raise ValueError(f"{value!r} is not a time of day in HH:MM form (like '07:00')")
     hh, mm = int(value[:2]), int(value[3:])
     if hh > 23 or mm > 59:
-        raise ValueError(f"{value!r} is not a valid time of day")
+        raise ValueError(f"{value!r} is not a valid time of day (00:00 to 23:59)")
     return dt.time(hh, mm)
 
 
@@ -81,28 +101,41 @@ def _parse_date(value: object) -> dt.date:
         raise ValueError("expected a date (YYYY-MM-DD), not a date and time")
     if isinstance(value, dt.date):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
         try:
             return dt.date.fromisoformat(value)
         except ValueError:
-            pass
+            raise ValueError(f"{value!r} is not a valid date") from None
     raise ValueError(f"{value!r} is not a date in YYYY-MM-DD form")
 
 
-Duration = Annotated[dt.timedelta, BeforeValidator(parse_duration)]
-HHMM = Annotated[dt.time, BeforeValidator(_parse_hhmm)]
+# serialised back into the config's own forms, so a dumped model validates again (the store
+# keeps API assessments as JSON)
+Duration = Annotated[
+    dt.timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(lambda td: td.total_seconds(), return_type=float, when_used="json"),
+]
+HHMM = Annotated[
+    dt.time,
+    BeforeValidator(_parse_hhmm),
+    PlainSerializer(lambda t: t.strftime("%H:%M"), return_type=str, when_used="json"),
+]
 Date = Annotated[dt.date, BeforeValidator(_parse_date)]
-Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=_ID_PATTERN)]
 
 
 def normalise_phone(value: str) -> str:
     """Return the E.164 form of a phone number, or raise ValueError."""
     if not isinstance(value, str) or not value.startswith("+"):
-        raise ValueError(f"{value!r} is not an E.164 phone number (it must start with +)")
+        raise ValueError(
+            f"{value!r} is not an E.164 phone number (it must start with + and the country code)"
+        )
     try:
         num = phonenumbers.parse(value, None)
-    except phonenumbers.NumberParseException as exc:
-        raise ValueError(f"{value!r} is not an E.164 phone number ({exc})") from None
+    except phonenumbers.NumberParseException:
+        raise ValueError(f"{value!r} is not an E.164 phone number") from None
     if not phonenumbers.is_valid_number(num):
         raise ValueError(f"{value!r} is not a valid phone number")
     e164 = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
@@ -117,6 +150,40 @@ Role = Literal["worker", "supervisor", "head", "guard", "admin"]
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 Channel = Literal["sms", "call"]
+
+MIN_API_TOKEN_LENGTH = 16
+
+
+def _check_token(tok: SecretStr) -> SecretStr:
+    # the message must never contain the token itself
+    if len(tok.get_secret_value()) < MIN_API_TOKEN_LENGTH:
+        raise ValueError(
+            f"an API token must be at least {MIN_API_TOKEN_LENGTH} characters long"
+            " (value not shown)"
+        )
+    return tok
+
+
+def _token_shape(value: Any) -> str | None:
+    if isinstance(value, list | tuple):
+        return "list"
+    if isinstance(value, dict):
+        return "table"
+    return None
+
+
+Token = Annotated[SecretStr, AfterValidator(_check_token)]
+# A discriminated union, so a bad entry yields one error located at that entry rather than one
+# error per union branch with pydantic's internal branch names in the location.
+ApiTokens = Annotated[
+    Annotated[list[Token], Tag("list")] | Annotated[dict[str, Token], Tag("table")],
+    Discriminator(
+        _token_shape,
+        custom_error_type="api_tokens_shape",
+        custom_error_message="should be a list of tokens or a table of name = token",
+    ),
+]
+_UNION_TAGS = frozenset({"list", "table"})
 
 
 class _Frozen(BaseModel):
@@ -145,20 +212,23 @@ class GatewaySection(_Frozen):
     def _zone(cls, v: str) -> str:
         try:
             ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r}") from None
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(
+                f"unknown time zone {v!r} (use an IANA name like 'Europe/Oslo')"
+            ) from None
         return v
 
     @field_validator("database")
     @classmethod
     def _db(cls, v: str) -> str:
+        # not echoed: a postgresql URL may carry a password
         if not re.match(r"^(sqlite(\+aiosqlite)?:///|postgresql(\+asyncpg)?://)", v):
             raise ValueError("database must be a sqlite:/// or postgresql:// URL")
         return v
 
 
 class MqttSection(_Frozen):
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=1883, ge=1, le=65535)
     client_id: str = Field(default="jaa-gateway", min_length=1, max_length=64)
     topic_prefix: str = Field(default="jaa", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
@@ -172,33 +242,23 @@ class MqttSection(_Frozen):
 class HttpSection(_Frozen):
     listen: str = "127.0.0.1:8080"
     public_url: str = "http://127.0.0.1:8080"
-    api_tokens: list[SecretStr] | dict[str, SecretStr] = Field(default_factory=list)
+    api_tokens: ApiTokens = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"{v!r} is not HOST:PORT")
+            raise ValueError(f"{v!r} is not HOST:PORT (like '127.0.0.1:8080')")
         return v
 
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, v: str) -> str:
+        # not echoed: a URL may carry user:password
         if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError(f"{v!r} is not an http(s) URL")
+            raise ValueError("is not an http(s) URL like 'https://jaa.example.org'")
         return v.rstrip("/")
-
-    @field_validator("api_tokens")
-    @classmethod
-    def _tokens(
-        cls, v: list[SecretStr] | dict[str, SecretStr]
-    ) -> list[SecretStr] | dict[str, SecretStr]:
-        values = v.values() if isinstance(v, dict) else v
-        for tok in values:
-            if len(tok.get_secret_value()) < 16:
-                raise ValueError("an API token must be at least 16 characters long")
-        return v
 
     @property
     def host(self) -> str:
@@ -230,11 +290,19 @@ class TwilioSection(_Frozen):
     api_base: str = "https://api.twilio.com"
     request_timeout: Duration = dt.timedelta(seconds=10)
 
+    @field_validator("auth_token")
+    @classmethod
+    def _token(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return v
+
     @field_validator("api_base")
     @classmethod
     def _base(cls, v: str) -> str:
+        # not echoed: a proxy URL may carry user:password
         if not re.match(r"^https?://[^/\s]+$", v.rstrip("/")):
-            raise ValueError(f"{v!r} is not a base URL like https://api.twilio.com")
+            raise ValueError("is not a base URL like 'https://api.twilio.com'")
         return v.rstrip("/")
 
 
@@ -244,13 +312,25 @@ class TimingSection(_Frozen):
     overrun_grace: Duration = dt.timedelta(minutes=5)
     device_timeout: Duration = dt.timedelta(seconds=120)
 
+    @field_validator("device_timeout")
+    @classmethod
+    def _device_timeout(cls, v: dt.timedelta) -> dt.timedelta:
+        # 0 would declare every device offline at once
+        if v < dt.timedelta(seconds=1):
+            raise ValueError("must be at least 1 second")
+        return v
+
+
+def _default_roles() -> list[Role]:
+    return ["worker"]
+
 
 class Person(_Frozen):
     id: Id
     name: str = Field(min_length=1, max_length=200)
     phone: Phone
     badges: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list)
-    roles: list[Role] = Field(default_factory=lambda: ["worker"])
+    roles: list[Role] = Field(default_factory=_default_roles)
     supervisor: Id | None = None
     hse_training_until: Date | None = None
 
@@ -281,7 +361,9 @@ class Roster(_Frozen):
     shifts: list[Shift] = Field(min_length=1)
 
 
-_TARGET_RE = re.compile(r"^(roster:[A-Za-z0-9][A-Za-z0-9._:-]*|person:[A-Za-z0-9][A-Za-z0-9._:-]*|supervisor)$")
+_TARGET_RE = re.compile(
+    r"^(roster:[A-Za-z0-9][A-Za-z0-9._:-]*|person:[A-Za-z0-9][A-Za-z0-9._:-]*|supervisor)$"
+)
 
 
 class Step(_Frozen):
@@ -307,15 +389,20 @@ class Chain(_Frozen):
 
 
 class Assessment(_Frozen):
-    """A risk assessment; the same model validates config entries and API bodies."""
+    """A risk assessment; the same model validates config entries and API bodies.
+
+    ``acute_injury_risk = true`` forces ``requires_jaa`` to true (CONTRACT §2, guideline: the
+    JAA must be used where the activity can cause acute injury), so ``requires_jaa`` may be left
+    out and is never false for such an activity.
+    """
 
     id: Id
     person: Id
     locations: list[Id] = Field(min_length=1)
     activity: str = Field(min_length=1, max_length=500)
-    acute_injury_risk: bool
-    lone_work_allowed: bool
-    requires_jaa: bool
+    acute_injury_risk: StrictBool
+    lone_work_allowed: StrictBool
+    requires_jaa: StrictBool = False
     checkin_interval: Duration | None = None
     max_duration: Duration
     allowed_hours: Window | None = None
@@ -323,10 +410,20 @@ class Assessment(_Frozen):
     valid_until: Date
     approved_by: Id
 
+    @model_validator(mode="before")
+    @classmethod
+    def _force_jaa(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("acute_injury_risk") is True:
+            return {**data, "requires_jaa": True}
+        return data
+
     @property
     def jaa_required(self) -> bool:
         """acute_injury_risk forces a JAA, whatever requires_jaa says (guideline)."""
         return self.requires_jaa or self.acute_injury_risk
+
+
+_T = typing.TypeVar("_T", bound=BaseModel)
 
 
 class Config(_Frozen):
@@ -343,25 +440,48 @@ class Config(_Frozen):
     escalation_chains: list[Chain] = Field(default_factory=list)
     assessments: list[Assessment] = Field(default_factory=list)
 
-    # ---- look-ups (built lazily; the model is frozen so they never go stale)
+    # id -> item, per section; keyed on the list object itself so a model_copy(update=...)
+    # that replaces a list can never be answered from a stale index
+    _indexes: dict[str, tuple[object, dict[str, Any]]] = PrivateAttr(default_factory=dict)
+
+    def _lookup(self, attr: str, key: str) -> Any:
+        items = getattr(self, attr)
+        cached = self._indexes.get(attr)
+        if cached is None or cached[0] is not items:
+            index: dict[str, Any] = {}
+            for item in items:
+                index.setdefault(item.id, item)
+            cached = (items, index)
+            self._indexes[attr] = cached
+        return cached[1].get(key)
+
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.gateway.timezone)
 
     def person(self, pid: str) -> Person | None:
-        return _index(self, "people").get(pid)  # type: ignore[return-value]
+        found: Person | None = self._lookup("people", pid)
+        return found
 
     def device(self, did: str) -> Device | None:
-        return _index(self, "devices").get(did)  # type: ignore[return-value]
+        found: Device | None = self._lookup("devices", did)
+        return found
 
     def location(self, lid: str) -> Location | None:
-        return _index(self, "locations").get(lid)  # type: ignore[return-value]
+        found: Location | None = self._lookup("locations", lid)
+        return found
 
     def roster(self, rid: str) -> Roster | None:
-        return _index(self, "rosters").get(rid)  # type: ignore[return-value]
+        found: Roster | None = self._lookup("rosters", rid)
+        return found
 
     def chain(self, cid: str) -> Chain | None:
-        return _index(self, "escalation_chains").get(cid)  # type: ignore[return-value]
+        found: Chain | None = self._lookup("escalation_chains", cid)
+        return found
+
+    def assessment(self, aid: str) -> Assessment | None:
+        found: Assessment | None = self._lookup("assessments", aid)
+        return found
 
     def person_by_badge(self, badge: str) -> Person | None:
         key = badge.upper()
@@ -389,18 +509,6 @@ class Config(_Frozen):
         return None
 
 
-_INDEX_CACHE: dict[tuple[int, str], dict[str, BaseModel]] = {}
-
-
-def _index(cfg: Config, attr: str) -> dict[str, BaseModel]:
-    key = (id(cfg), attr)
-    idx = _INDEX_CACHE.get(key)
-    if idx is None:
-        idx = {item.id: item for item in getattr(cfg, attr)}
-        _INDEX_CACHE[key] = idx
-    return idx
-
-
 # --------------------------------------------------------------------------- loading
 
 
@@ -413,11 +521,43 @@ class ConfigError(Exception):
 
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# list sections whose entries have ids; keys name an entry by its id (people[ola])
+_LIST_SECTIONS: dict[str, type[BaseModel]] = {
+    "people": Person,
+    "devices": Device,
+    "locations": Location,
+    "rosters": Roster,
+    "escalation_chains": Chain,
+    "assessments": Assessment,
+}
+# values never shown in a problem line, wherever they end up
+_SECRET_PATHS = (("mqtt", "password"), ("twilio", "auth_token"))
+# redacting very short strings would mangle messages; real secrets are longer than this
+_MIN_REDACT = 4
+
+
+def _item_label(node: Sequence[Any], index: int) -> str:
+    entry = node[index]
+    if isinstance(entry, dict) and isinstance(entry.get("id"), str) and entry["id"]:
+        return str(entry["id"])
+    return str(index)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
 
 
 def _substitute_env(
-    node: Any, env: Mapping[str, str], path: str, problems: list[tuple[str, str]]
+    node: Any,
+    env: Mapping[str, str],
+    path: str,
+    problems: list[tuple[str, str]],
+    used: set[str] | None = None,
 ) -> Any:
+    """Replace ``${NAME}`` in every string value; a missing variable is a problem at its key.
+
+    `used` collects the substituted values, so they can be kept out of every message.
+    """
     if isinstance(node, str):
 
         def repl(m: re.Match[str]) -> str:
@@ -425,16 +565,18 @@ def _substitute_env(
             if name not in env:
                 problems.append((path, f"environment variable {name} is not set"))
                 return ""
+            if used is not None:
+                used.add(env[name])
             return env[name]
 
         return _ENV_RE.sub(repl, node)
     if isinstance(node, dict):
-        return {
-            k: _substitute_env(v, env, f"{path}.{k}" if path else k, problems)
-            for k, v in node.items()
-        }
+        return {k: _substitute_env(v, env, _join(path, k), problems, used) for k, v in node.items()}
     if isinstance(node, list):
-        return [_substitute_env(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+        return [
+            _substitute_env(v, env, f"{path}[{_item_label(node, i)}]", problems, used)
+            for i, v in enumerate(node)
+        ]
     return node
 
 
@@ -442,24 +584,237 @@ def _loc_to_key(loc: Iterable[int | str], data: Any) -> str:
     """Turn a pydantic error location into ``people[ola].phone`` (id when known)."""
     parts: list[str] = []
     node = data
+    prev: int | str | None = None
     for item in loc:
+        after, prev = prev, item
+        if after == "api_tokens" and item in _UNION_TAGS:
+            continue  # the branch of the list-or-table union, even if a token is named "table"
         if isinstance(item, int):
             label = str(item)
             if isinstance(node, list) and 0 <= item < len(node):
-                entry = node[item]
-                if isinstance(entry, dict) and isinstance(entry.get("id"), str):
-                    label = entry["id"]
-                node = entry
+                label = _item_label(node, item)
+                node = node[item]
             else:
                 node = None
             parts.append(f"[{label}]")
-        else:
-            # skip pydantic's union-branch labels such as 'list[...]' / 'function-after[...]'
-            if "[" in item or item in ("function-before", "function-after"):
-                continue
-            node = node.get(item) if isinstance(node, dict) else None
+            continue
+        if isinstance(node, dict) and item in node:
+            node = node[item]
             parts.append(f".{item}" if parts else item)
+            continue
+        # pydantic's union-branch labels are not keys of the document: skip them
+        if item in _UNION_TAGS or "[" in item or item.startswith("function-"):
+            continue
+        node = None
+        parts.append(f".{item}" if parts else item)
     return "".join(parts) or "(top level)"
+
+
+def _annotation_model(tp: Any) -> type[BaseModel] | None:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in typing.get_args(tp):
+        found = _annotation_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _model_at(loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The model whose field the last item of `loc` names (for "did you mean")."""
+    model: type[BaseModel] = Config
+    for item in loc[:-1]:
+        if isinstance(item, int) or item in _UNION_TAGS:
+            continue
+        info = model.model_fields.get(item)
+        if info is None:
+            return None
+        found = _annotation_model(info.annotation)
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+_PATTERN_WHY = {
+    "account_sid": "should be 'AC' followed by 32 hexadecimal digits",
+    "topic_prefix": "should be MQTT topic levels of letters, digits, '_' and '-' (like 'jaa')",
+}
+_ID_WHY = "is not a valid id (letters, digits and . _ : -, starting with a letter or digit)"
+_TOO_SHORT_WHY = {
+    "notify": "a step needs at least one target (roster:ID, person:ID or supervisor)",
+    "via": "a step needs at least one channel ('sms' or 'call')",
+    "steps": "a chain needs at least one step",
+    "shifts": "a roster needs at least one shift",
+    "days": "a shift needs at least one day",
+    "people": "a shift needs at least one person",
+    "locations": "an assessment needs at least one location",
+}
+
+
+def _why(err: Mapping[str, Any]) -> str:
+    """A sentence for one pydantic error; the input is echoed only where it cannot be secret."""
+    kind: str = err["type"]
+    loc: tuple[int | str, ...] = tuple(err["loc"])
+    field_name = next((x for x in reversed(loc) if isinstance(x, str) and x not in _UNION_TAGS), "")
+    ctx: Mapping[str, Any] = err.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        model = _model_at(loc)
+        close = (
+            difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+            if model is not None
+            else []
+        )
+        return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+    if kind == "literal_error":
+        return f"{err['input']!r} is not allowed (expected {ctx.get('expected', '?')})"
+    if kind == "too_short" and isinstance(err.get("input"), list):
+        return _TOO_SHORT_WHY.get(field_name, "needs at least one entry")
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "string_pattern_mismatch":
+        return _PATTERN_WHY.get(field_name, _ID_WHY)
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "should be a table"
+    if kind == "list_type":
+        if len(loc) == 1 and loc[0] in _LIST_SECTIONS:
+            return f"should be an array of tables ([[{loc[0]}]] entries)"
+        return "should be an array"
+    if kind == "string_type":
+        return "should be a string"
+    if kind == "bool_type":
+        return "should be true or false"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return "should be a whole number"
+    msg = str(err["msg"])
+    return msg[:1].lower() + msg[1:]
+
+
+@dataclass
+class _View:
+    """What the cross-checks see: the valid parts, and every id the document mentions.
+
+    When some entries fail validation the cross-checks still run on the rest; an id that only an
+    invalid entry has still counts as existing, so no reference to it is wrongly called unknown.
+    A section whose ids cannot all be read is `opaque`: references into it are not judged.
+    """
+
+    notify: NotifySection | None
+    http: HttpSection | None
+    has_twilio: bool
+    default_escalation: str | None
+    items: dict[str, list[Any]]
+    ids: dict[str, list[str]]
+    opaque: set[str] = field(default_factory=set)
+    _first: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _idsets: dict[str, set[str]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cfg: Config) -> _View:
+        return cls(
+            notify=cfg.notify,
+            http=cfg.http,
+            has_twilio=cfg.twilio is not None,
+            default_escalation=cfg.gateway.default_escalation,
+            items={s: list(getattr(cfg, s)) for s in _LIST_SECTIONS},
+            ids={s: [item.id for item in getattr(cfg, s)] for s in _LIST_SECTIONS},
+        )
+
+    @classmethod
+    def partial(cls, data: Mapping[str, Any]) -> _View:
+        items: dict[str, list[Any]] = {}
+        ids: dict[str, list[str]] = {}
+        opaque: set[str] = set()
+        for section, model in _LIST_SECTIONS.items():
+            raw = data.get(section, [])
+            items[section], ids[section] = [], []
+            if not isinstance(raw, list):
+                opaque.add(section)
+                continue
+            for entry in raw:
+                if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                    ids[section].append(entry["id"])
+                else:
+                    opaque.add(section)
+                try:
+                    items[section].append(model.model_validate(entry))
+                except ValidationError:
+                    pass
+        gateway = data.get("gateway")
+        default = gateway.get("default_escalation") if isinstance(gateway, dict) else None
+        return cls(
+            notify=_try(NotifySection, data.get("notify", {})),
+            http=_try(HttpSection, data.get("http", {})),
+            has_twilio="twilio" in data,
+            default_escalation=default if isinstance(default, str) else None,
+            items=items,
+            ids=ids,
+            opaque=opaque,
+        )
+
+    def exists(self, section: str, item_id: str) -> bool:
+        if section in self.opaque:
+            return True
+        idset = self._idsets.get(section)
+        if idset is None:
+            idset = self._idsets[section] = set(self.ids[section])
+        return item_id in idset
+
+    def get(self, section: str, item_id: str) -> Any:
+        """The valid entry with this id (the first one), or None."""
+        if section not in self._first:
+            first: dict[str, Any] = {}
+            for item in self.items[section]:
+                first.setdefault(item.id, item)
+            self._first[section] = first
+        return self._first[section].get(item_id)
+
+
+def _try(model: type[_T], raw: Any) -> _T | None:
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def _pydantic_problems(
+    exc: ValidationError, data: Mapping[str, Any], skip: set[str]
+) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    # pydantic's copy of the input may be a secret: _why echoes it only for literal fields,
+    # which never hold one, and the ValidationError itself is never shown
+    for err in exc.errors(include_url=False):
+        key = _loc_to_key(err["loc"], data)
+        # a key whose ${VAR} is missing already has its problem; its empty value is no news
+        if any(key == s or key.startswith((s + ".", s + "[")) for s in skip):
+            continue
+        out.append((key, _why(err)))
+    return out
+
+
+def _secrets_in(data: Mapping[str, Any]) -> set[str]:
+    found: set[str] = set()
+    for section, name in _SECRET_PATHS:
+        sec = data.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(name), str):
+            found.add(sec[name])
+    http = data.get("http")
+    tokens = http.get("api_tokens") if isinstance(http, dict) else None
+    values = tokens.values() if isinstance(tokens, dict) else tokens
+    if isinstance(values, Iterable) and not isinstance(values, str):
+        found.update(v for v in values if isinstance(v, str))
+    return found
+
+
+def _redact(line: str, secrets: Iterable[str]) -> str:
+    for s in sorted(secrets, key=len, reverse=True):
+        if len(s) >= _MIN_REDACT:
+            line = line.replace(s, "***")
+    return line
 
 
 def parse_config(
@@ -468,24 +823,25 @@ def parse_config(
     """Validate an already-parsed TOML document; raise ConfigError listing every problem."""
     env = os.environ if env is None else env
     env_problems: list[tuple[str, str]] = []
-    data = _substitute_env(dict(data), env, "", env_problems)
-    problems = [f"{source}: {k}: {why}" for k, why in env_problems]
+    env_values: set[str] = set()
+    doc: dict[str, Any] = _substitute_env(dict(data), env, "", env_problems, env_values)
+    problems = list(env_problems)
+    cfg: Config | None = None
     try:
-        cfg = Config.model_validate(data)
+        cfg = Config.model_validate(doc)
     except ValidationError as exc:
-        seen: set[str] = set()
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            line = f"{source}: {_loc_to_key(err['loc'], data)}: {msg}"
-            if line not in seen:
-                seen.add(line)
-                problems.append(line)
-        raise ConfigError(problems) from None
-    problems.extend(f"{source}: {k}: {why}" for k, why in cross_check(cfg))
-    if problems:
-        raise ConfigError(problems)
+        problems.extend(_pydantic_problems(exc, doc, {k for k, _ in env_problems}))
+        problems.extend(_cross_check(_View.partial(doc)))
+    else:
+        problems.extend(_cross_check(_View.of(cfg)))
+    if problems or cfg is None:
+        secrets = env_values | _secrets_in(doc) | _secrets_in(data)
+        lines: list[str] = []
+        for key, why in problems:
+            line = _redact(f"{source}: {key}: {why}", secrets)
+            if line not in lines:
+                lines.append(line)
+        raise ConfigError(lines)
     return cfg
 
 
@@ -494,39 +850,68 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     try:
         raw = p.read_bytes()
     except OSError as exc:
-        raise ConfigError([f"{p}: (file): cannot read: {exc.strerror}"]) from None
+        raise ConfigError([f"{p}: (file): cannot read: {exc.strerror or exc}"]) from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError([f"{p}: (file): not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
+        # tomllib's messages give line and column, never the offending text
         raise ConfigError([f"{p}: (file): not valid TOML: {exc}"]) from None
     return parse_config(data, str(p), env)
+
+
+def parse_assessment(cfg: Config, body: Mapping[str, Any]) -> Assessment:
+    """Validate an assessment from outside the config (the HTTP API) against `cfg`.
+
+    Raises ConfigError whose problems are ``key: why`` lines (no file name).
+    """
+    try:
+        a = Assessment.model_validate(dict(body))
+    except ValidationError as exc:
+        lines = [f"{key}: {why}" for key, why in _pydantic_problems(exc, dict(body), set())]
+        raise ConfigError(lines) from None
+    problems = check_assessment(cfg, a, "")
+    if problems:
+        raise ConfigError([f"{key.lstrip('.')}: {why}" for key, why in problems])
+    return a
 
 
 # --------------------------------------------------------------------------- cross-checks
 
 
-def may_approve(cfg: Config, approver_id: str, worker_id: str) -> bool:
-    """The worker's supervisor, or a person with role head, may approve an assessment."""
-    approver = cfg.person(approver_id)
-    worker = cfg.person(worker_id)
-    if approver is None or worker is None:
+def _may_approve(approver: Person, worker: Person) -> bool:
+    if approver.id == worker.id:
         return False
     return "head" in approver.roles or worker.supervisor == approver.id
 
 
-def check_assessment(cfg: Config, a: Assessment, key: str) -> list[tuple[str, str]]:
-    """Reference checks for one assessment (used for config entries and API bodies)."""
+def may_approve(cfg: Config, approver_id: str, worker_id: str) -> bool:
+    """The worker's supervisor, or a person with role head, may approve an assessment.
+
+    Nobody approves their own assessment, not even a head.
+    """
+    approver = cfg.person(approver_id)
+    worker = cfg.person(worker_id)
+    if approver is None or worker is None:
+        return False
+    return _may_approve(approver, worker)
+
+
+def _check_assessment(v: _View, a: Assessment, key: str) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    if cfg.person(a.person) is None:
+    if not v.exists("people", a.person):
         out.append((f"{key}.person", f"unknown person {a.person!r}"))
     for i, lid in enumerate(a.locations):
-        if cfg.location(lid) is None:
+        if not v.exists("locations", lid):
             out.append((f"{key}.locations[{i}]", f"unknown location {lid!r}"))
-    if cfg.person(a.approved_by) is None:
+    approver: Person | None = v.get("people", a.approved_by)
+    worker: Person | None = v.get("people", a.person)
+    if not v.exists("people", a.approved_by):
         out.append((f"{key}.approved_by", f"unknown person {a.approved_by!r}"))
-    elif cfg.person(a.person) is not None and not may_approve(cfg, a.approved_by, a.person):
+    elif a.approved_by == a.person:
+        out.append((f"{key}.approved_by", "a person may not approve their own assessment"))
+    elif approver is not None and worker is not None and not _may_approve(approver, worker):
         out.append(
             (
                 f"{key}.approved_by",
@@ -534,19 +919,18 @@ def check_assessment(cfg: Config, a: Assessment, key: str) -> list[tuple[str, st
                 "and not a person with role head",
             )
         )
-    elif a.approved_by == a.person:
-        out.append((f"{key}.approved_by", "a person may not approve their own assessment"))
     if a.valid_until < a.valid_from:
         out.append((f"{key}.valid_until", "is before valid_from"))
     if a.max_duration <= dt.timedelta(0):
         out.append((f"{key}.max_duration", "must be longer than 0"))
     if a.checkin_interval is not None and a.checkin_interval < dt.timedelta(seconds=1):
         out.append((f"{key}.checkin_interval", "must be at least 1 second"))
-    if a.acute_injury_risk and not a.requires_jaa:
-        out.append(
-            (f"{key}.requires_jaa", "must be true when acute_injury_risk is true (guideline)")
-        )
     return out
+
+
+def check_assessment(cfg: Config, a: Assessment, key: str) -> list[tuple[str, str]]:
+    """Reference checks for one assessment (used for config entries and API bodies)."""
+    return _check_assessment(_View.of(cfg), a, key)
 
 
 def _dupes(items: Iterable[str]) -> list[str]:
@@ -560,30 +944,34 @@ def _dupes(items: Iterable[str]) -> list[str]:
 
 
 def cross_check(cfg: Config) -> list[tuple[str, str]]:
+    """Every problem that needs more than one entry to see, as (key, why)."""
+    return _cross_check(_View.of(cfg))
+
+
+def _cross_check(v: _View) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    for section in ("people", "devices", "locations", "rosters", "escalation_chains", "assessments"):
-        for d in _dupes(item.id for item in getattr(cfg, section)):
+    for section in _LIST_SECTIONS:
+        for d in _dupes(v.ids[section]):
             out.append((f"{section}[{d}]", f"id {d!r} is used more than once"))
 
-    if cfg.notify.driver == "twilio" and cfg.twilio is None:
+    if v.notify is not None and v.notify.driver == "twilio" and not v.has_twilio:
         out.append(("twilio", "section [twilio] is required when notify.driver = 'twilio'"))
-    if cfg.chain(cfg.gateway.default_escalation) is None:
+    if v.default_escalation is not None and not v.exists("escalation_chains", v.default_escalation):
         out.append(
-            (
-                "gateway.default_escalation",
-                f"unknown escalation chain {cfg.gateway.default_escalation!r}",
-            )
+            ("gateway.default_escalation", f"unknown escalation chain {v.default_escalation!r}")
         )
+    if v.http is not None:
+        out.extend(_token_dupes(v.http))
 
     badge_owner: dict[str, str] = {}
     phone_owner: dict[str, str] = {}
-    for p in cfg.people:
+    for p in v.items["people"]:
         key = f"people[{p.id}]"
         if p.supervisor is not None:
-            if cfg.person(p.supervisor) is None:
-                out.append((f"{key}.supervisor", f"unknown person {p.supervisor!r}"))
-            elif p.supervisor == p.id:
+            if p.supervisor == p.id:
                 out.append((f"{key}.supervisor", "a person cannot supervise themselves"))
+            elif not v.exists("people", p.supervisor):
+                out.append((f"{key}.supervisor", f"unknown person {p.supervisor!r}"))
         for b in p.badges:
             other = badge_owner.setdefault(b.upper(), p.id)
             if other != p.id:
@@ -594,64 +982,96 @@ def cross_check(cfg: Config) -> list[tuple[str, str]]:
             out.append((f"{key}.phone", f"{p.phone} is also {other!r}'s number"))
 
     holder: dict[str, str] = {}
-    for d in cfg.devices:
-        if cfg.person(d.person) is None:
+    for d in v.items["devices"]:
+        if not v.exists("people", d.person):
             out.append((f"devices[{d.id}].person", f"unknown person {d.person!r}"))
         other = holder.setdefault(d.person, d.id)
         if other != d.id:
             out.append((f"devices[{d.id}].person", f"{d.person!r} already holds {other!r}"))
 
     door_owner: dict[str, str] = {}
-    for loc in cfg.locations:
+    for loc in v.items["locations"]:
         key = f"locations[{loc.id}]"
-        if cfg.chain(loc.escalation) is None:
+        if not v.exists("escalation_chains", loc.escalation):
             out.append((f"{key}.escalation", f"unknown escalation chain {loc.escalation!r}"))
         for door in loc.doors:
             other = door_owner.setdefault(door, loc.id)
             if other != loc.id:
                 out.append((f"{key}.doors", f"door {door!r} already belongs to {other!r}"))
 
-    for r in cfg.rosters:
+    for r in v.items["rosters"]:
         for si, sh in enumerate(r.shifts):
             for pi, pid in enumerate(sh.people):
-                if cfg.person(pid) is None:
+                if not v.exists("people", pid):
                     out.append(
                         (f"rosters[{r.id}].shifts[{si}].people[{pi}]", f"unknown person {pid!r}")
                     )
 
-    for c in cfg.escalation_chains:
-        prev = dt.timedelta(0)
-        for si, st in enumerate(c.steps):
-            skey = f"escalation_chains[{c.id}].steps[{si}]"
-            if st.after < prev:
-                out.append((f"{skey}.after", "steps must be in order of 'after'"))
-            prev = st.after
-            for ti, t in enumerate(st.notify):
-                kind, _, ref = t.partition(":")
-                if kind == "roster" and cfg.roster(ref) is None:
-                    out.append((f"{skey}.notify[{ti}]", f"unknown roster {ref!r}"))
-                if kind == "person" and cfg.person(ref) is None:
-                    out.append((f"{skey}.notify[{ti}]", f"unknown person {ref!r}"))
-        if c.keep_paging != dt.timedelta(0) and c.keep_paging < dt.timedelta(seconds=1):
-            out.append((f"escalation_chains[{c.id}].keep_paging", "must be 0 or at least 1s"))
+    for c in v.items["escalation_chains"]:
+        out.extend(_check_chain(v, c))
 
-    for a in cfg.assessments:
-        out.extend(check_assessment(cfg, a, f"assessments[{a.id}]"))
+    for a in v.items["assessments"]:
+        out.extend(_check_assessment(v, a, f"assessments[{a.id}]"))
     return out
 
 
+def _token_dupes(http: HttpSection) -> list[tuple[str, str]]:
+    # token_names() maps a token to one name: a token listed twice would be audited under the
+    # wrong name. The entries are named, never the token.
+    tokens = http.api_tokens
+    if isinstance(tokens, dict):
+        named = [(f"http.api_tokens.{name}", tok) for name, tok in tokens.items()]
+    else:
+        named = [(f"http.api_tokens[{i}]", tok) for i, tok in enumerate(tokens)]
+    first: dict[str, str] = {}
+    out: list[tuple[str, str]] = []
+    for key, tok in named:
+        other = first.setdefault(tok.get_secret_value(), key)
+        if other != key:
+            out.append((key, f"the same token as {other}"))
+    return out
+
+
+def _check_chain(v: _View, c: Chain) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    prev = dt.timedelta(0)
+    for si, st in enumerate(c.steps):
+        skey = f"escalation_chains[{c.id}].steps[{si}]"
+        if st.after < prev:
+            out.append((f"{skey}.after", "steps must be in order of 'after'"))
+        prev = max(prev, st.after)
+        for ti, t in enumerate(st.notify):
+            kind, _, ref = t.partition(":")
+            if kind == "roster" and not v.exists("rosters", ref):
+                out.append((f"{skey}.notify[{ti}]", f"unknown roster {ref!r}"))
+            if kind == "person" and not v.exists("people", ref):
+                out.append((f"{skey}.notify[{ti}]", f"unknown person {ref!r}"))
+    if c.keep_paging != dt.timedelta(0) and c.keep_paging < dt.timedelta(seconds=1):
+        out.append((f"escalation_chains[{c.id}].keep_paging", "must be 0 or at least 1s"))
+    return out
+
+
+def _without_userinfo(url: str) -> str:
+    return re.sub(r"^(https?://)[^/@\s]*@", r"\1***@", url)
+
+
 def summary(cfg: Config) -> str:
-    """The short summary check-config prints for a good config."""
+    """The short summary check-config prints for a good config (no secrets)."""
     tokens = cfg.http.api_tokens
+    token_word = f"{len(tokens)} API token(s)"
+    if isinstance(tokens, dict) and tokens:
+        token_word += " (" + ", ".join(tokens) + ")"
     return "\n".join(
         [
             f"site {cfg.gateway.site} ({cfg.gateway.timezone}), language {cfg.gateway.language}",
             f"mqtt {cfg.mqtt.host}:{cfg.mqtt.port} prefix {cfg.mqtt.topic_prefix!r}"
             f" client {cfg.mqtt.client_id!r}",
-            f"http {cfg.http.listen}, public {cfg.http.public_url}, {len(tokens)} API token(s)",
+            f"http {cfg.http.listen}, public {_without_userinfo(cfg.http.public_url)},"
+            f" {token_word}",
             f"notify {cfg.notify.driver}",
             f"{len(cfg.people)} people, {len(cfg.devices)} devices, "
             f"{len(cfg.locations)} locations, {len(cfg.rosters)} rosters, "
-            f"{len(cfg.escalation_chains)} chains, {len(cfg.assessments)} assessments",
+            f"{len(cfg.escalation_chains)} chains, "
+            f"{len(cfg.assessments)} assessments",
         ]
     )

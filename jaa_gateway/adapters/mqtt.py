@@ -1,0 +1,510 @@
+"""The MQTT edge: one aiomqtt connection in a reconnect loop (CONTRACT §3, §7.3, §7.4).
+
+Why it is built this way:
+
+* MQTT 3.1.1, ``clean_session=False`` and a fixed client id: the broker keeps our subscriptions
+  and queues QoS 1 device events while we are away (MQTT v5's default clean start would lose
+  them on every reconnect, see STYLE.md "Known traps").
+* A fresh ``aiomqtt.Client`` per connection attempt, built inside the running loop. Reusing one
+  client across reconnects keeps its "connected" future from the previous CONNACK, so the next
+  ``async with`` would return before the broker has accepted us.
+* aiomqtt acknowledges a message before we handle it; its iterator hands out what is already
+  queued before reporting a lost connection, so on a disconnect (and on ``stop()``) the reader
+  drains those messages to the handler rather than dropping them.
+* Outgoing messages go through one ordered buffer: sent in order with a small window in flight,
+  parked while disconnected (bounded, oldest dropped), flushed in order after reconnecting.
+  Retained topics (gateway status, alarm state) only need their latest value, so a newer
+  retained message replaces a buffered older one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import json
+import random
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiomqtt
+import structlog
+
+from jaa_gateway.adapters.events import DeviceEvent, DoorEvent, Rejected, is_valid_id, parse_message
+from jaa_gateway.config import MqttSection
+from jaa_gateway.metrics import Metrics
+
+log = structlog.get_logger("jaa_gateway.mqtt")
+
+OFFLINE: Final = b'{"state":"offline"}'
+ONLINE: Final = b'{"state":"online"}'
+
+BUFFER_LIMIT: Final = 10_000
+# aiomqtt warns past 10 pending calls; stay under it, subscribe included.
+MAX_IN_FLIGHT: Final = 8
+# A safety product must be back quickly: first retry after ~0.1-0.2 s, never more than 5 s apart.
+BACKOFF_BASE: Final = 0.2
+BACKOFF_CAP: Final = 5.0
+# A connection that lasted this long was healthy: the next drop retries at once again. Shorter
+# ones keep backing off, so two gateways fighting over one client id do not spin.
+STABLE_AFTER: Final = 10.0
+# PINGREQ interval; the broker declares us dead (and publishes the will) after 1.5x this.
+KEEPALIVE: Final = 15
+OP_TIMEOUT: Final = 10.0
+STOP_FLUSH_TIMEOUT: Final = 2.0
+STOP_DRAIN_TIMEOUT: Final = 3.0
+STOP_TIMEOUT: Final = 8.0
+
+EventHandler = Callable[[DeviceEvent | DoorEvent], Awaitable[None]]
+
+_TOPIC_ID_RE: Final = re.compile(r"[^/+#\x00]{1,128}")
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise TypeError("naive datetime in an MQTT payload")
+        return value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def encode_payload(payload: dict[str, Any] | bytes | None) -> bytes:
+    """dict -> compact UTF-8 JSON; bytes as they are; None -> empty (clears a retained topic)."""
+    if payload is None:
+        return b""
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    return json.dumps(
+        payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
+    ).encode("utf-8")
+
+
+def backoff_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with jitter in [d/2, d], d = min(cap, base * 2**attempt)."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 16))
+    return ceiling * (0.5 + 0.5 * rand())
+
+
+@dataclass(eq=False)
+class _Outgoing:
+    seq: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    waiter: asyncio.Future[None] | None = None
+    dead: bool = False  # superseded by a newer retained value, or dropped
+
+    def release(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class MqttEdge:
+    def __init__(
+        self,
+        section: MqttSection,
+        metrics: Metrics,
+        on_event: EventHandler,
+        *,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        clock: Callable[[], dt.datetime] = _utc_now,
+        buffer_limit: int = BUFFER_LIMIT,
+    ) -> None:
+        self._section = section
+        self._metrics = metrics
+        self._on_event = on_event
+        self._on_connect = on_connect
+        self._clock = clock
+        self._limit = buffer_limit
+        self.prefix = section.topic_prefix
+        self.status_topic = f"{self.prefix}/gateway/status"
+        self.subscriptions = (f"{self.prefix}/device/+/event", f"{self.prefix}/door/+/event")
+
+        self._connected = False
+        self._running = False
+        self._stopping = asyncio.Event()
+        self._finished = asyncio.Event()
+
+        self._buffer: collections.deque[_Outgoing] = collections.deque()
+        self._live = 0  # items in _buffer that are not dead
+        self._retained: dict[str, _Outgoing] = {}  # latest buffered retained item per topic
+        self._wakeup = asyncio.Event()
+        self._flying: set[_Outgoing] = set()  # handed to the sender, not yet acknowledged
+        self._seq = 0
+
+        self.dropped_publishes = 0
+        self.handler_errors = 0
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def connected(self) -> bool:
+        """True only between an accepted CONNACK and the loss of that connection."""
+        return self._connected
+
+    @property
+    def buffered(self) -> int:
+        """Outgoing messages waiting to be sent."""
+        return self._live
+
+    def device_cmd_topic(self, device_id: str) -> str:
+        return f"{self.prefix}/device/{_checked_id(device_id)}/cmd"
+
+    def door_cmd_topic(self, door_id: str) -> str:
+        return f"{self.prefix}/door/{_checked_id(door_id)}/cmd"
+
+    def alarm_topic(self, alarm_id: str) -> str:
+        if _TOPIC_ID_RE.fullmatch(alarm_id) is None:
+            raise ValueError(f"{alarm_id!r} cannot be used in a topic")
+        return f"{self.prefix}/gateway/alarm/{alarm_id}"
+
+    async def publish(
+        self,
+        topic: str,
+        payload: dict[str, Any] | bytes | None,
+        *,
+        retain: bool = False,
+        qos: int = 1,
+    ) -> None:
+        """Send a message; returns once the broker has it, or at once while disconnected.
+
+        While disconnected the message waits in the buffer and goes out, in order, after the
+        next connect. A call made while connected also returns (message parked) if the
+        connection drops before the broker acknowledged it.
+        """
+        if qos not in (0, 1, 2):
+            raise ValueError("qos must be 0, 1 or 2")
+        if not topic or "+" in topic or "#" in topic:
+            raise ValueError(f"{topic!r} is not a topic to publish to")
+        self._seq += 1
+        item = _Outgoing(self._seq, topic, encode_payload(payload), qos, retain)
+        if self._connected:
+            item.waiter = asyncio.get_running_loop().create_future()
+        self._enqueue(item)
+        if item.waiter is not None:
+            await item.waiter
+
+    async def run(self) -> None:
+        """Connect, receive and send until `stop()`; reconnects with jittered backoff."""
+        if self._running:
+            raise RuntimeError("MqttEdge.run() is already running")
+        self._running = True
+        self._finished.clear()
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        try:
+            while not self._stopping.is_set():
+                began = loop.time()
+                connected_once = False
+                try:
+                    connected_once = await self._connection()
+                except aiomqtt.MqttError as exc:
+                    log.warning(
+                        "mqtt_connect_failed",
+                        host=self._section.host,
+                        port=self._section.port,
+                        error=str(exc),
+                    )
+                except Exception:
+                    # Not an MQTT error (a TLS file that cannot be read, a bug): keep trying,
+                    # a gateway that gives up on its broker protects nobody.
+                    log.exception("mqtt_connection_error")
+                finally:
+                    self._set_connected(False)
+                if self._stopping.is_set():
+                    break
+                if connected_once and loop.time() - began >= STABLE_AFTER:
+                    attempt = 0
+                delay = backoff_delay(attempt)
+                attempt += 1
+                log.info("mqtt_reconnect_wait", delay_s=round(delay, 3), attempt=attempt)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+        finally:
+            self._set_connected(False)
+            self._running = False
+            self._finished.set()
+
+    async def stop(self) -> None:
+        """Publish offline (retained), disconnect cleanly, and wait for run() to end.
+
+        Bounded (STOP_TIMEOUT) so the daemon stops within CONTRACT §1's 10 s.
+        """
+        self._stopping.set()
+        if not self._running:
+            return
+        try:
+            await asyncio.wait_for(self._finished.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            log.error("mqtt_stop_timeout", timeout_s=STOP_TIMEOUT)
+
+    # ------------------------------------------------------------------ connection
+
+    def _make_client(self) -> aiomqtt.Client:
+        s = self._section
+        tls = None
+        if s.tls_ca or s.tls_cert:
+            # Certificates are loaded by aiomqtt in its connect thread, not on the event loop.
+            tls = aiomqtt.TLSParameters(ca_certs=s.tls_ca, certfile=s.tls_cert, keyfile=s.tls_key)
+        return aiomqtt.Client(
+            s.host,
+            s.port,
+            username=s.username,
+            password=s.password.get_secret_value() if s.password is not None else None,
+            identifier=s.client_id,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=False,
+            will=aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True),
+            keepalive=KEEPALIVE,
+            timeout=OP_TIMEOUT,
+            tls_params=tls,
+        )
+
+    async def _connection(self) -> bool:
+        """One connection, from connect to disconnect. Returns whether the broker accepted us."""
+        client = self._make_client()
+        broken = asyncio.Event()
+        accepted = False
+        try:
+            async with asyncio.TaskGroup() as tg:
+                reader: asyncio.Task[None] | None = None
+                async with client:  # returns only after a CONNACK that accepted us
+                    accepted = True
+                    self._set_connected(True)
+                    self._metrics.mqtt_reconnects.inc()
+                    log.info("mqtt_connected", host=self._section.host, port=self._section.port)
+                    await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
+                    granted = await client.subscribe([(t, 1) for t in self.subscriptions])
+                    if any(_refused(code) for code in granted):
+                        raise aiomqtt.MqttError(f"subscription refused by the broker: {granted}")
+                    reader = tg.create_task(self._read(client), name="mqtt-reader")
+                    sender = tg.create_task(self._send_loop(client, broken), name="mqtt-sender")
+                    hook = tg.create_task(self._run_on_connect(), name="mqtt-on-connect")
+                    stopping = tg.create_task(self._stopping.wait(), name="mqtt-stop-wait")
+                    failed = tg.create_task(broken.wait(), name="mqtt-broken-wait")
+                    await asyncio.wait(
+                        (reader, stopping, failed), return_when=asyncio.FIRST_COMPLETED
+                    )
+                    graceful = self._stopping.is_set() and not reader.done() and not broken.is_set()
+                    if graceful:
+                        await self._flush_before_stop()
+                    self._set_connected(False)
+                    for task in (sender, hook, stopping, failed):
+                        task.cancel()
+                    if graceful:
+                        # A clean DISCONNECT discards the will, so say it ourselves.
+                        with contextlib.suppress(aiomqtt.MqttError):
+                            await client.publish(
+                                self.status_topic, OFFLINE, qos=1, retain=True, timeout=2.0
+                            )
+                    log.info("mqtt_disconnecting", graceful=graceful)
+                # Disconnected. The reader hands what aiomqtt already acknowledged to the
+                # handler before it ends.
+                if reader is not None and not reader.done():
+                    try:
+                        await asyncio.wait_for(asyncio.shield(reader), STOP_DRAIN_TIMEOUT)
+                    except TimeoutError:
+                        log.error("mqtt_drain_timeout", left=len(client.messages))
+                        reader.cancel()
+        finally:
+            self._set_connected(False)
+            # Sends that were cancelled (or never started) go out again after the reconnect.
+            for item in sorted(self._flying, key=lambda i: i.seq):
+                self._requeue(item)
+            self._flying.clear()
+        if accepted and not self._stopping.is_set():
+            log.warning("mqtt_disconnected")
+        return accepted
+
+    async def _run_on_connect(self) -> None:
+        if self._on_connect is None:
+            return
+        try:
+            await self._on_connect()
+        except Exception:
+            log.exception("mqtt_on_connect_failed")
+
+    async def _flush_before_stop(self) -> None:
+        """Give parked answers and alarm updates a moment to leave before going offline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_FLUSH_TIMEOUT
+        # Polled, once, at shutdown and for at most STOP_FLUSH_TIMEOUT: an event would need
+        # upkeep on every buffer path for no gain.
+        while (self._live or self._flying) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        if self._live or self._flying:
+            log.warning("mqtt_stop_unflushed", buffered=self._live, in_flight=len(self._flying))
+
+    def _set_connected(self, value: bool) -> None:
+        self._connected = value
+        self._metrics.mqtt_connected.set(1 if value else 0)
+        if not value:
+            # Callers waiting on a send return: their message stays parked for the next connect.
+            for item in self._buffer:
+                item.release()
+
+    # ------------------------------------------------------------------ inbound
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):
+            async for message in client.messages:
+                try:
+                    await self._handle(message)
+                except Exception:
+                    # A bug here must not silence every later alarm: log and go on.
+                    log.exception("mqtt_message_failed", topic=message.topic.value[:200])
+
+    async def _handle(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        raw = message.payload
+        if isinstance(raw, bytes | bytearray):
+            payload = bytes(raw)
+        else:  # paho always hands us bytes; be safe with aiomqtt's wider type
+            payload = b"" if raw is None else str(raw).encode()
+        try:
+            event = parse_message(self.prefix, topic, payload, self._clock())
+        except Rejected as r:
+            log.warning(
+                "mqtt_message_rejected", reason=r.reason, topic=topic[:200], detail=r.detail
+            )
+            self._metrics.rejected.labels(reason=r.reason).inc()
+            return
+        self._metrics.received.inc()
+        try:
+            await self._on_event(event)
+        except Exception:
+            # One bad event must not stop every later one (CONTRACT §7.3).
+            self.handler_errors += 1
+            self._metrics.rejected.labels(reason="handler_error").inc()
+            log.exception("mqtt_event_handler_failed", topic=topic, event_id=event.id)
+
+    # ------------------------------------------------------------------ outbound
+
+    def _enqueue(self, item: _Outgoing) -> None:
+        if item.retain:
+            older = self._retained.get(item.topic)
+            if older is not None:
+                self._kill(older)
+            self._retained[item.topic] = item
+        while self._live >= self._limit:
+            self._drop_oldest()
+        self._buffer.append(item)
+        self._live += 1
+        self._wakeup.set()
+
+    def _requeue(self, item: _Outgoing) -> None:
+        """Put back an item whose send failed, ahead of newer ones and in its original order."""
+        item.release()
+        if item.dead or (item.retain and self._retained.get(item.topic, item) is not item):
+            return  # a newer retained value for the topic is already waiting
+        if item.retain:
+            self._retained[item.topic] = item
+        while self._live >= self._limit:
+            self._drop_oldest()
+        i = 0
+        while i < len(self._buffer) and self._buffer[i].seq < item.seq:
+            i += 1
+        self._buffer.insert(i, item)
+        self._live += 1
+        self._wakeup.set()
+
+    def _kill(self, item: _Outgoing) -> None:
+        item.dead = True
+        item.release()
+        self._live -= 1
+
+    def _drop_oldest(self) -> None:
+        while self._buffer:
+            item = self._buffer.popleft()
+            if item.dead:
+                continue
+            self._kill(item)
+            self._forget_retained(item)
+            self.dropped_publishes += 1
+            log.warning(
+                "mqtt_publish_dropped",
+                topic=item.topic,
+                dropped_total=self.dropped_publishes,
+                limit=self._limit,
+            )
+            return
+
+    def _take(self) -> _Outgoing | None:
+        while self._buffer:
+            item = self._buffer.popleft()
+            if item.dead:
+                continue
+            self._live -= 1
+            self._forget_retained(item)
+            return item
+        return None
+
+    def _forget_retained(self, item: _Outgoing) -> None:
+        if item.retain and self._retained.get(item.topic) is item:
+            del self._retained[item.topic]
+
+    async def _send_loop(self, client: aiomqtt.Client, broken: asyncio.Event) -> None:
+        window = asyncio.Semaphore(MAX_IN_FLIGHT)
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                await window.acquire()
+                item = self._take()
+                while item is None:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    item = self._take()
+                # Registered before the task runs: a task cancelled before its first step never
+                # executes its body, and its item must still be sent again later.
+                self._flying.add(item)
+                # Tasks start in creation order and hand their packet to paho before their
+                # first await, so the wire order is the buffer order.
+                tg.create_task(self._send_one(client, item, window, broken))
+
+    async def _send_one(
+        self,
+        client: aiomqtt.Client,
+        item: _Outgoing,
+        window: asyncio.Semaphore,
+        broken: asyncio.Event,
+    ) -> None:
+        try:
+            await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+        except aiomqtt.MqttError as exc:
+            # Not acknowledged: it may or may not have arrived. Send it again after a
+            # reconnect; duplicates are harmless (answers repeat state), losses are not.
+            self._flying.discard(item)
+            self._requeue(item)
+            log.warning("mqtt_publish_failed", topic=item.topic, error=str(exc))
+            broken.set()
+        except Exception:
+            # paho refused the message itself (e.g. too large): retrying cannot help.
+            self._flying.discard(item)
+            item.release()
+            log.exception("mqtt_publish_invalid", topic=item.topic)
+        else:
+            self._flying.discard(item)
+            item.release()
+        finally:
+            window.release()
+
+
+def _checked_id(value: str) -> str:
+    if not is_valid_id(value):
+        raise ValueError(f"{value!r} is not a valid id")
+    return value
+
+
+def _refused(code: object) -> bool:
+    # MQTT 3.1.1 SUBACK: 0x80 means failure; paho gives ReasonCode objects or plain ints.
+    value = getattr(code, "value", code)
+    return isinstance(value, int) and value >= 0x80

@@ -1,0 +1,231 @@
+"""Wiring and lifecycle: one asyncio.TaskGroup with named tasks, signals, sd_notify."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+import structlog
+from aiohttp import web
+
+from jaa_gateway.adapters.events import DeviceEvent, DoorEvent
+from jaa_gateway.adapters.http import Health, HttpApi
+from jaa_gateway.adapters.mqtt import MqttEdge
+from jaa_gateway.adapters.scheduler import Deadlines, housekeeping_scheduler
+from jaa_gateway.config import Config
+from jaa_gateway.engine import Engine
+from jaa_gateway.metrics import Metrics
+from jaa_gateway.notify import make_notifier
+from jaa_gateway.notify.base import Notifier
+from jaa_gateway.outbox import Outbox
+from jaa_gateway.store.db import Store
+from jaa_gateway.timeutil import utcnow
+
+log = structlog.get_logger("jaa_gateway.app")
+
+INBOX_SIZE = 20_000
+STOP_TIMEOUT = 8.0
+
+
+def sd_notify(message: str) -> bool:
+    """Tell systemd (Type=notify) something; a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(addr)
+            sock.sendall(message.encode())
+        return True
+    except OSError:
+        return False
+
+
+class _Stop(Exception):
+    """Raised inside the task group to end it on a graceful stop."""
+
+
+class App:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        notifier: Notifier | None = None,
+        notify_write: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.store = Store(cfg.gateway.database)
+        self.notifier = notifier or make_notifier(cfg, write=notify_write)
+        self.deadlines = Deadlines(on_late=self.metrics.timer_lateness.observe)
+        self.outbox = Outbox(cfg, self.store, self.notifier, self.metrics)
+        self.inbox: asyncio.Queue[DeviceEvent | DoorEvent] = asyncio.Queue(INBOX_SIZE)
+        self.mqtt = MqttEdge(cfg.mqtt, self.metrics, self._enqueue, on_connect=self._on_connect)
+        self.engine = Engine(cfg, self.store, self.mqtt, self.deadlines, self.metrics,
+                             wake_outbox=self.outbox.wake)
+        self.loop_lag = 0.0
+        self.http = HttpApi(self.engine, Health(
+            mqtt_connected=lambda: self.mqtt.connected,
+            loop_lag=lambda: self.loop_lag,
+        ))
+        self.ready = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.http_port: int | None = None
+
+    async def _enqueue(self, ev: DeviceEvent | DoorEvent) -> None:
+        await self.inbox.put(ev)  # a full inbox slows the MQTT reader: backpressure, not loss
+        self.metrics.inbox_depth.set(self.inbox.qsize())
+
+    async def _on_connect(self) -> None:
+        await self.engine.republish_open_alarms()
+
+    async def _consume(self) -> None:
+        while True:
+            ev = await self.inbox.get()
+            try:
+                await self.engine.handle(ev)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # the device repeats alarm and session events until answered, so a failure
+                # here (a full disk, say) is retried by the device, not lost
+                log.exception("event_failed", type=ev.type, id=ev.id)
+            finally:
+                self.metrics.inbox_depth.set(self.inbox.qsize())
+
+    async def _lag_monitor(self) -> None:
+        interval = 0.25
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(interval)
+            self.loop_lag = max(0.0, loop.time() - t0 - interval)
+            self.metrics.loop_lag.set(self.loop_lag)
+
+    async def _watchdog(self) -> None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        if not usec or not usec.isdigit():
+            return
+        period = int(usec) / 2e6
+        while True:
+            # sent from the event loop itself: a blocked loop stops the pings and gets killed
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(period)
+
+    async def _housekeeping(self) -> None:
+        sched = housekeeping_scheduler()
+        sched.add_job(self._flush, "interval", seconds=2, id="flush_devices")
+        sched.add_job(self._purge, "interval", minutes=30, id="purge_processed")
+        sched.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            sched.shutdown(wait=False)
+
+    async def _flush(self) -> None:
+        try:
+            await self.engine.flush_devices()
+        except Exception:
+            log.exception("device_flush_failed")
+
+    async def _purge(self) -> None:
+        try:
+            n = await self.engine.purge_processed()
+            if n:
+                log.info("processed_events_purged", count=n)
+        except Exception:
+            log.exception("purge_failed")
+
+    async def _start_http(self) -> None:
+        self._runner = web.AppRunner(self.http.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.cfg.http.host, self.cfg.http.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else self.cfg.http.port
+        log.info("http_listening", host=self.cfg.http.host, port=self.http_port)
+
+    async def _wait_ready(self) -> None:
+        while not self.mqtt.connected:
+            await asyncio.sleep(0.05)
+        self.ready.set()
+        sd_notify("READY=1")
+        log.info("gateway_ready")
+
+    async def _wait_stop(self) -> None:
+        await self.stopping.wait()
+        log.info("gateway_stopping")
+        # offline goes out (retained) while the MQTT task still runs; cancelling it first
+        # would disconnect cleanly, and a clean disconnect does not fire the last will
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.engine.flush_devices(), 2.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.mqtt.stop(), 3.0)
+        raise _Stop
+
+    async def run(self) -> None:
+        """Run until `stopping` is set; then stop within STOP_TIMEOUT."""
+        t0 = time.monotonic()
+        version = await self.store.migrate()
+        log.info("db_ready", schema_version=version)
+        await self.outbox.recover()
+        await self.engine.start()
+        await self._start_http()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.mqtt.run(), name="mqtt")
+                tg.create_task(self._consume(), name="inbox")
+                tg.create_task(self.deadlines.run(self.engine.on_deadline), name="deadlines")
+                tg.create_task(self.outbox.run(), name="outbox")
+                tg.create_task(self._lag_monitor(), name="loop-lag")
+                tg.create_task(self._watchdog(), name="watchdog")
+                tg.create_task(self._housekeeping(), name="housekeeping")
+                tg.create_task(self._wait_ready(), name="ready")
+                tg.create_task(self._wait_stop(), name="stop")
+                log.info("gateway_started", startup_s=round(time.monotonic() - t0, 3))
+        except* _Stop:
+            pass
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        sd_notify("STOPPING=1")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.engine.flush_devices(), 2.0)
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._runner.cleanup(), 2.0)
+        with contextlib.suppress(Exception):
+            await self.notifier.aclose()
+        with contextlib.suppress(Exception):
+            await self.store.close()
+        log.info("gateway_stopped")
+
+
+def run_daemon(cfg: Config, config_path: str, log_format: str = "json") -> int:
+    from jaa_gateway import logs
+
+    logs.configure(log_format)
+
+    async def main() -> None:
+        app = App(cfg)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, app.stopping.set)
+        log.info("gateway_starting", config=config_path, site=cfg.gateway.site)
+        await app.run()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,375 @@
+"""SMS and voice texts in Norwegian bokmål ("nb") and English ("en").
+
+Pure functions: the language is an argument. Alarm texts must always be producible, so unknown
+workers, places and positions read naturally instead of failing; an unknown language, kind or a
+malformed code is a programming error and raises ValueError.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Final, Literal
+
+Lang = Literal["nb", "en"]
+LANGS: Final = ("nb", "en")
+VOICE_LANG: Final = {"nb": "nb-NO", "en": "en-GB"}
+
+KINDS: Final = (
+    "sos",
+    "man_down",
+    "missed_checkin",
+    "session_overrun",
+    "device_offline",
+    "unattended_entry",
+    "gateway_degraded",
+)
+
+AckProblem = Literal["unknown_code", "ambiguous", "no_open_alarm", "not_allowed", "not_understood"]
+
+# The kind as the headline of an alarm SMS.
+_KIND: Final[dict[str, dict[str, str]]] = {
+    "nb": {
+        "sos": "SOS, nødknappen er trykket",
+        "man_down": "Mann ned (fall eller ingen bevegelse)",
+        "missed_checkin": "Uteblitt innsjekk",
+        "session_overrun": "Alenearbeidet er ikke avsluttet i tide",
+        "device_offline": "Alarmenheten har mistet forbindelsen",
+        "unattended_entry": "Dør åpnet utenom arbeidstid uten registrert alenearbeid",
+        "gateway_degraded": "Alarmsystemet har redusert funksjon",
+    },
+    "en": {
+        "sos": "SOS, panic button pressed",
+        "man_down": "Man down (fall or no movement)",
+        "missed_checkin": "Missed check-in",
+        "session_overrun": "Lone work not ended in time",
+        "device_offline": "Alarm device lost contact",
+        "unattended_entry": "Door opened after hours with no lone-work session",
+        "gateway_degraded": "The alarm system is degraded",
+    },
+}
+
+# Short names for sentences ("SOS-alarm fra Ola ...", "Kvittert: SOS-alarm 1234 ...").
+_KIND_SHORT: Final[dict[str, dict[str, str]]] = {
+    "nb": {
+        "sos": "SOS-alarm",
+        "man_down": "mann-ned-alarm",
+        "missed_checkin": "alarm for uteblitt innsjekk",
+        "session_overrun": "alarm for overskredet tid",
+        "device_offline": "alarm for frakoblet alarmenhet",
+        "unattended_entry": "varsel om dør åpnet",
+        "gateway_degraded": "varsel om alarmsystemet",
+    },
+    "en": {
+        "sos": "SOS alarm",
+        "man_down": "man-down alarm",
+        "missed_checkin": "missed check-in alarm",
+        "session_overrun": "session overrun alarm",
+        "device_offline": "device offline alarm",
+        "unattended_entry": "after-hours door notice",
+        "gateway_degraded": "alarm system notice",
+    },
+}
+
+_REASON: Final[dict[str, dict[str, str]]] = {
+    "nb": {
+        "unknown_badge": "ukjent adgangskort",
+        "unknown_device": "ukjent alarmenhet",
+        "unknown_location": "ukjent sted",
+        "no_assessment": "ingen risikovurdering for arbeidet",
+        "assessment_not_valid": "risikovurderingen er ikke gyldig i dag",
+        "lone_work_not_allowed": "risikovurderingen tillater ikke alenearbeid",
+        "outside_allowed_hours": "utenfor tidsrommet risikovurderingen tillater",
+        "training_expired": "HMS-opplæringen mangler eller er utløpt",
+        "jaa_required": "krever alenearbeidsalarm (JAA), men ingen er pålogget",
+        "no_assistance": "ingen vakt er tilgjengelig for å rykke ut",
+    },
+    "en": {
+        "unknown_badge": "unknown badge",
+        "unknown_device": "unknown alarm device",
+        "unknown_location": "unknown location",
+        "no_assessment": "no risk assessment for the work",
+        "assessment_not_valid": "the risk assessment is not valid today",
+        "lone_work_not_allowed": "the risk assessment does not allow lone work",
+        "outside_allowed_hours": "outside the hours the risk assessment allows",
+        "training_expired": "HSE training missing or expired",
+        "jaa_required": "a lone-work alarm (JAA) is required but none is online",
+        "no_assistance": "no guard is available to respond",
+    },
+}
+
+_CODE_RE: Final = re.compile(r"[0-9]{4}")
+# Names come from config (up to 200 chars); SMS must stay short enough to arrive in one piece.
+_NAME_MAX: Final = 60
+_DETAIL_MAX: Final = 140
+
+
+def _lang(lang: str) -> str:
+    if lang not in LANGS:
+        raise ValueError(f"unknown language {lang!r} (expected one of {LANGS})")
+    return lang
+
+
+def _kind(lang: str, kind: str, table: dict[str, dict[str, str]] = _KIND) -> str:
+    try:
+        return table[_lang(lang)][kind]
+    except KeyError:
+        raise ValueError(f"unknown alarm kind {kind!r} (expected one of {KINDS})") from None
+
+
+def _code(code: str) -> str:
+    if not isinstance(code, str) or not _CODE_RE.fullmatch(code):
+        raise ValueError(f"an acknowledgement code is 4 digits, got {code!r}")
+    return code
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())  # no newlines or runs of spaces from config into an SMS
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _name(value: str | None) -> str | None:
+    if value is None:
+        return None
+    clipped = _clip(value, _NAME_MAX)
+    return clipped or None
+
+
+def map_link(lat: float | None, lon: float | None) -> str | None:
+    """A map link for a position, or None when it is unknown or not a real position."""
+    if lat is None or lon is None:
+        return None
+    try:
+        la, lo = float(lat), float(lon)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(la) and math.isfinite(lo) and -90 <= la <= 90 and -180 <= lo <= 180):
+        return None
+    return f"https://maps.google.com/?q={la:.5f},{lo:.5f}"
+
+
+def kind_name(lang: Lang, kind: str) -> str:
+    """The alarm kind in words, e.g. "SOS-alarm (nødknapp)"."""
+    return _kind(lang, kind)
+
+
+def reason_name(lang: Lang, reason: str) -> str:
+    """A deny reason in words; an unknown code is shown as is rather than failing."""
+    return _REASON[_lang(lang)].get(reason, reason)
+
+
+def _worker(lang: str, worker_name: str | None) -> str:
+    name = _name(worker_name)
+    if name is not None:
+        return name
+    return "ukjent person" if lang == "nb" else "unknown person"
+
+
+def alarm_sms(
+    lang: Lang,
+    kind: str,
+    worker_name: str | None,
+    location_name: str | None,
+    code: str,
+    lat: float | None,
+    lon: float | None,
+) -> str:
+    """The SMS a guard gets when an alarm escalates: one fact a line, the link on its own line
+    (a full stop after a URL gets swallowed into the link by some phones)."""
+    what = _kind(lang, kind)
+    code = _code(code)
+    who = _worker(lang, worker_name)
+    name = _name(location_name)
+    link = map_link(lat, lon)
+    if lang == "nb":
+        lines = [f"JAA-ALARM: {what}", f"Person: {who}"]
+        if name is not None:
+            lines.append(f"Sted: {name}")
+            if link:
+                lines.append(f"Kart: {link}")
+        elif link:
+            lines.append(f"Sted: ukjent sted, siste kjente posisjon {link}")
+        else:
+            lines.append("Sted: ukjent sted, ingen kjent posisjon")
+        lines.append(f"Svar OK {code} for å kvittere")
+        return "\n".join(lines)
+    lines = [f"JAA ALARM: {what}", f"Worker: {who}"]
+    if name is not None:
+        lines.append(f"Location: {name}")
+        if link:
+            lines.append(f"Map: {link}")
+    elif link:
+        lines.append(f"Location: unknown, last known position {link}")
+    else:
+        lines.append("Location: unknown, no known position")
+    lines.append(f"Reply OK {code} to acknowledge")
+    return "\n".join(lines)
+
+
+def alarm_voice(lang: Lang, kind: str, worker_name: str | None, location_name: str | None) -> str:
+    """What a call says (spoken in VOICE_LANG[lang]); it ends by asking for the key press."""
+    what = _kind(lang, kind, _KIND_SHORT)
+    who = _worker(lang, worker_name)
+    name = _name(location_name)
+    if lang == "nb":
+        where = f"i {name}" if name is not None else "på ukjent sted"
+        return (
+            f"Dette er alenearbeidsalarmen. {what[:1].upper()}{what[1:]} fra {who}, {where}. "
+            "Trykk 1 for å kvittere at du rykker ut."
+        )
+    where = f"at {name}" if name is not None else "at an unknown location"
+    return (
+        f"This is the lone-work alarm. {what[:1].upper()}{what[1:]} from {who}, {where}. "
+        "Press 1 to acknowledge."
+    )
+
+
+def worker_ok_sms(
+    lang: Lang, kind: str, worker_name: str | None, location_name: str | None, code: str
+) -> str:
+    """The worker cancelled after escalation started: they report OK, but a guard must ack."""
+    what = _kind(lang, kind, _KIND_SHORT)
+    code = _code(code)
+    who = _worker(lang, worker_name)
+    name = _name(location_name)
+    if lang == "nb":
+        where = f" ({name})" if name is not None else ""
+        return (
+            f"JAA: {who}{where} melder at alt er OK etter {what} {code}. "
+            f"Alarmen er fortsatt åpen: sjekk og svar OK {code} for å kvittere."
+        )
+    where = f" ({name})" if name is not None else ""
+    return (
+        f"JAA: {who}{where} reports being OK after {what} {code}. "
+        f"The alarm is still open: check, then reply OK {code} to acknowledge."
+    )
+
+
+def notice_sms(
+    lang: Lang,
+    kind: str,
+    location_name: str | None,
+    door_id: str | None,
+    when_local: str,
+    reason: str | None = None,
+) -> str:
+    """A notice: no acknowledgement needed.
+
+    `unattended_entry`: a door opened within a location's after_hours with nobody in a session.
+    `gateway_degraded`: the gateway itself has a problem (`reason` says which).
+    """
+    _lang(lang)
+    when = _clip(when_local, 40)
+    if kind == "unattended_entry":
+        name = _name(location_name)
+        door = _name(door_id)
+        if lang == "nb":
+            place = name if name is not None else "ukjent sted"
+            via = f" (dør {door})" if door else ""
+            return (
+                f"JAA-varsel: Dør åpnet kl. {when} utenom arbeidstid i {place}{via}, "
+                "og ingen har registrert alenearbeid der. Sjekk ved behov. "
+                "Trenger ikke kvitteres."
+            )
+        place = name if name is not None else "an unknown location"
+        via = f" (door {door})" if door else ""
+        return (
+            f"JAA notice: a door was opened at {when}, after hours, at {place}{via}, "
+            "and nobody has a lone-work session there. Check if needed. No reply needed."
+        )
+    if kind == "gateway_degraded":
+        why = _clip(reason, _DETAIL_MAX) if reason else None
+        if lang == "nb":
+            tail = f": {why}" if why else ""
+            return (
+                f"JAA-varsel kl. {when}: alarmsystemet har redusert funksjon{tail}. "
+                "Alarmer kan bli forsinket. Gi beskjed til driftsansvarlig."
+            )
+        tail = f": {why}" if why else ""
+        return (
+            f"JAA notice at {when}: the alarm system is degraded{tail}. "
+            "Alarms may be delayed. Tell the operator on call."
+        )
+    raise ValueError(f"{kind!r} is not a notice kind (unattended_entry or gateway_degraded)")
+
+
+def denial_sms(
+    lang: Lang, worker_name: str | None, location_name: str | None, reason: str, detail: str
+) -> str:
+    """To the worker's supervisor: a lone-work start was refused, and why."""
+    who = _worker(lang, worker_name)
+    name = _name(location_name)
+    why = reason_name(lang, reason)
+    more = _clip(detail, _DETAIL_MAX) if detail else ""
+    if lang == "nb":
+        where = name if name is not None else "ukjent sted"
+        tail = f" Detaljer: {more}" if more else ""
+        return f"JAA: {who} fikk ikke starte alenearbeid i {where}: {why}.{tail}"
+    where = name if name is not None else "an unknown location"
+    tail = f" Details: {more}" if more else ""
+    return f"JAA: {who} was refused lone work at {where}: {why}.{tail}"
+
+
+def ack_confirmation(lang: Lang, code: str, kind: str, worker_name: str | None) -> str:
+    """Reply to the guard whose acknowledgement was accepted."""
+    code = _code(code)
+    what = _kind(lang, kind, _KIND_SHORT)
+    who = _worker(lang, worker_name)
+    if lang == "nb":
+        return (
+            f"Kvittert: {what} {code} ({who}). Du er registrert som den som rykker ut. "
+            "De andre blir ikke varslet mer."
+        )
+    return (
+        f"Acknowledged: {what} {code} ({who}). You are recorded as responding. "
+        "Nobody else will be paged."
+    )
+
+
+def ack_voice_confirmation(lang: Lang) -> str:
+    if _lang(lang) == "nb":
+        return "Takk. Alarmen er kvittert, og du er registrert som den som rykker ut."
+    return "Thank you. The alarm is acknowledged, and you are recorded as responding."
+
+
+_ACK_ERRORS: Final[dict[str, dict[str, str]]] = {
+    "nb": {
+        "unknown_code": (
+            "Fant ingen åpen alarm med den koden. Svar OK og den firesifrede koden "
+            "fra alarmmeldingen."
+        ),
+        "ambiguous": (
+            "Du har flere åpne alarmer. Svar OK og den firesifrede koden fra alarmmeldingen "
+            "du vil kvittere."
+        ),
+        "no_open_alarm": "Du har ingen åpen alarm å kvittere.",
+        "not_allowed": "Du er ikke varslet om denne alarmen og kan ikke kvittere den.",
+        "not_understood": (
+            "Forstod ikke svaret. Svar OK og den firesifrede koden fra alarmmeldingen "
+            "for å kvittere."
+        ),
+    },
+    "en": {
+        "unknown_code": (
+            "No open alarm has that code. Reply OK and the 4-digit code from the alarm message."
+        ),
+        "ambiguous": (
+            "You have more than one open alarm. Reply OK and the 4-digit code from the alarm "
+            "message you are acknowledging."
+        ),
+        "no_open_alarm": "You have no open alarm to acknowledge.",
+        "not_allowed": "You were not notified of this alarm and cannot acknowledge it.",
+        "not_understood": (
+            "Reply not understood. Reply OK and the 4-digit code from the alarm message "
+            "to acknowledge."
+        ),
+    },
+}
+
+
+def ack_reply_error(lang: Lang, problem: AckProblem) -> str:
+    """Reply to an SMS that could not acknowledge anything."""
+    try:
+        return _ACK_ERRORS[_lang(lang)][problem]
+    except KeyError:
+        raise ValueError(f"unknown acknowledgement problem {problem!r}") from None

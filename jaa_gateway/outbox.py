@@ -1,0 +1,305 @@
+"""The outbox sender: claims pending notifications with a compare-and-set, hands them to the
+transport, records the SID or the failure, and retries transient failures with jittered backoff
+for a bounded time. Delivery is at-least-once: for an alarm, a duplicate beats a miss.
+
+Sending runs beside the engine, never inside it: the escalation timetable never waits on a slow
+or failing provider. Calls to one number are paced (caller-ID spam flagging): a held-back call
+is placed as soon as the pace allows and speaks every alarm still open for that person.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import structlog
+from sqlalchemy import and_, exists, func, or_, select, update
+
+from jaa_gateway.config import Config
+from jaa_gateway.domain import texts
+from jaa_gateway.metrics import Metrics
+from jaa_gateway.notify.base import Notifier, SendResult, TransportError
+from jaa_gateway.notify.retry import backoff_delay
+from jaa_gateway.notify.twiml import call_twiml
+from jaa_gateway.store import queries as q
+from jaa_gateway.store.db import Store
+from jaa_gateway.store.schema import alarms, notifications
+from jaa_gateway.timeutil import utcnow
+
+log = structlog.get_logger("jaa_gateway.outbox")
+
+BATCH = 200
+MAX_IN_FLIGHT = 32
+
+# a step notification may only start while its alarm is still escalating (the ack race)
+_ALARM_STILL_ESCALATING = or_(
+    notifications.c.purpose != "alarm",
+    exists().where(and_(alarms.c.id == notifications.c.alarm, alarms.c.state == "escalating")),
+)
+
+
+class Outbox:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        notifier: Notifier,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], dt.datetime] = utcnow,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.notifier = notifier
+        self.metrics = metrics
+        self.clock = clock
+        self.rand = rand
+        self._wake = asyncio.Event()
+        self._sem = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._in_flight: set[int] = set()
+        self._call_ok_at: dict[str, float] = {}  # phone -> earliest next call (epoch)
+        self.last_success: float | None = None
+        self.last_failure: float | None = None
+        self.failing_since: float | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def status_url(self) -> str:
+        return f"{self.cfg.http.public_url}/twilio/status"
+
+    async def recover(self) -> None:
+        """After a crash, rows left 'sending' may or may not have gone out: send them again
+        (at-least-once), and restore the call pacing from what was sent recently."""
+        now = self.clock().timestamp()
+        spacing = self.cfg.notify.call_spacing.total_seconds()
+        async with self.store.tx() as conn:
+            res = await conn.execute(
+                update(notifications)
+                .where(notifications.c.state == "sending")
+                .values(state="pending", next_attempt_at=now)
+            )
+            if res.rowcount:
+                log.warning("outbox_requeued_after_restart", count=res.rowcount)
+                await q.add_audit(conn, now, "outbox_requeued", count=res.rowcount)
+            rows = await conn.execute(
+                select(notifications.c.phone, func.max(notifications.c.sent_at))
+                .where(and_(notifications.c.channel == "call",
+                            notifications.c.sent_at > now - spacing))
+                .group_by(notifications.c.phone)
+            )
+            for phone, sent_at in rows:
+                self._call_ok_at[phone] = float(sent_at) + spacing
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                self._wake.clear()
+                try:
+                    await self._pass(tg)
+                    delay = await self._next_delay()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("outbox_pass_failed")
+                    delay = 1.0
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                    except TimeoutError:
+                        pass
+
+    async def _next_delay(self) -> float:
+        async with self.store.tx() as conn:
+            nxt = (await conn.execute(
+                select(func.min(notifications.c.next_attempt_at))
+                .where(notifications.c.state == "pending")
+            )).scalar()
+        if nxt is None:
+            return 5.0
+        return float(min(5.0, max(0.0, float(nxt) - self.clock().timestamp())))
+
+    async def _pass(self, tg: asyncio.TaskGroup) -> None:
+        now = self.clock().timestamp()
+        async with self.store.tx() as conn:
+            rows = [dict(r) for r in (await conn.execute(
+                select(notifications)
+                .where(and_(notifications.c.state == "pending",
+                            notifications.c.next_attempt_at <= now))
+                .order_by(notifications.c.id).limit(BATCH)
+            )).mappings()]
+        calls_seen: set[str] = set()
+        for r in rows:
+            if r["id"] in self._in_flight:
+                continue
+            if r["channel"] == "call":
+                if r["phone"] in calls_seen:
+                    continue
+                calls_seen.add(r["phone"])
+                await self._maybe_call(tg, r["phone"], now)
+            else:
+                claimed = await self._claim([r["id"]])
+                if claimed:
+                    self._in_flight.add(r["id"])
+                    tg.create_task(self._send_sms(r), name=f"sms-{r['id']}")
+
+    async def _claim(self, ids: list[int]) -> list[int]:
+        """Compare-and-set pending -> sending; drop rows whose alarm stopped escalating."""
+        got: list[int] = []
+        async with self.store.tx() as conn:
+            for nid in ids:
+                res = await conn.execute(
+                    update(notifications)
+                    .where(and_(notifications.c.id == nid, notifications.c.state == "pending",
+                                _ALARM_STILL_ESCALATING))
+                    .values(state="sending", attempts=notifications.c.attempts + 1)
+                )
+                if res.rowcount == 1:
+                    got.append(nid)
+                else:
+                    await conn.execute(
+                        update(notifications)
+                        .where(and_(notifications.c.id == nid,
+                                    notifications.c.state == "pending"))
+                        .values(state="cancelled", error="alarm no longer escalating")
+                    )
+        return got
+
+    async def _maybe_call(self, tg: asyncio.TaskGroup, phone: str, now: float) -> None:
+        ok_at = self._call_ok_at.get(phone, 0.0)
+        async with self.store.tx() as conn:
+            rows = [dict(r) for r in (await conn.execute(
+                select(notifications)
+                .where(and_(notifications.c.state == "pending", notifications.c.channel == "call",
+                            notifications.c.phone == phone, notifications.c.next_attempt_at <= now))
+                .order_by(notifications.c.id)
+            )).mappings()]
+            if ok_at > now:
+                # paced: hold the call back; it will speak every alarm still open then
+                await conn.execute(
+                    update(notifications)
+                    .where(and_(notifications.c.state == "pending",
+                                notifications.c.channel == "call",
+                                notifications.c.phone == phone,
+                                notifications.c.next_attempt_at < ok_at))
+                    .values(next_attempt_at=ok_at)
+                )
+                return
+        claimed = set(await self._claim([r["id"] for r in rows]))
+        group = [r for r in rows if r["id"] in claimed]
+        if not group:
+            return
+        self._call_ok_at[phone] = now + self.cfg.notify.call_spacing.total_seconds()
+        self._in_flight.update(claimed)
+        tg.create_task(self._send_call(phone, group), name=f"call-{group[0]['id']}")
+
+    async def _send_sms(self, row: dict[str, Any]) -> None:
+        async with self._sem:
+            await self._attempt([row], "sms", lambda: self.notifier.send_sms(
+                row["phone"], row["body"], status_callback=self.status_url))
+
+    async def _send_call(self, phone: str, group: list[dict[str, Any]]) -> None:
+        lang = self.cfg.gateway.language
+        spoken: list[str] = []
+        alarm_ids: list[str] = []
+        for r in group:
+            if r["body"] not in spoken:
+                spoken.append(r["body"])
+            if r["alarm"] and r["alarm"] not in alarm_ids:
+                alarm_ids.append(r["alarm"])
+        action = f"{self.cfg.http.public_url}/twilio/voice/{quote(alarm_ids[0] if alarm_ids else 'none')}"
+        if len(alarm_ids) > 1:
+            action += "?also=" + ",".join(quote(a) for a in alarm_ids[1:])
+        twiml = call_twiml(spoken, texts.VOICE_LANG[lang], action)
+        async with self._sem:
+            await self._attempt(group, "call", lambda: self.notifier.place_call(
+                phone, twiml, status_callback=self.status_url))
+
+    async def _attempt(self, rows: list[dict[str, Any]], channel: str, send: Any) -> None:
+        ids = [r["id"] for r in rows]
+        t0 = asyncio.get_running_loop().time()
+        result: SendResult | None = None
+        error: TransportError | None = None
+        try:
+            result = await send()
+        except TransportError as exc:
+            error = exc
+        except Exception as exc:  # a transport bug must not lose the notification
+            log.exception("transport_crashed", channel=channel)
+            error = TransportError(f"{type(exc).__name__}: {exc}", permanent=False)
+        finally:
+            self.metrics.notify_latency.labels(channel=channel).observe(
+                asyncio.get_running_loop().time() - t0)
+        try:
+            await self._record(rows, channel, result, error)
+        finally:
+            self._in_flight.difference_update(ids)
+            self.wake()
+
+    async def _record(
+        self, rows: list[dict[str, Any]], channel: str, result: SendResult | None,
+        error: TransportError | None,
+    ) -> None:
+        now = self.clock().timestamp()
+        retry_for = self.cfg.notify.retry_for.total_seconds()
+        async with self.store.tx() as conn:
+            for r in rows:
+                attempts = int(r["attempts"]) + 1
+                if result is not None:
+                    await conn.execute(update(notifications).where(notifications.c.id == r["id"])
+                                       .values(state="sent", sid=result.sid, sent_at=now,
+                                               delivery_status=result.status, error=None))
+                    await q.add_audit(conn, now, "notification_sent", alarm=r["alarm"],
+                                      actor=r["person"], channel=channel, purpose=r["purpose"],
+                                      k=r["k"], to=r["phone"], sid=result.sid,
+                                      attempts=attempts, notification=r["id"])
+                    continue
+                assert error is not None
+                gave_up = error.permanent or now - float(r["created_at"]) >= retry_for
+                if gave_up:
+                    await conn.execute(update(notifications).where(notifications.c.id == r["id"])
+                                       .values(state="failed", error=error.message[:500]))
+                    await q.add_audit(conn, now, "notification_failed", alarm=r["alarm"],
+                                      actor=r["person"], channel=channel, purpose=r["purpose"],
+                                      k=r["k"], to=r["phone"], error=error.message[:500],
+                                      status=error.status, code=error.code,
+                                      permanent=error.permanent, attempts=attempts,
+                                      notification=r["id"])
+                else:
+                    delay = backoff_delay(attempts, rand=self.rand)
+                    await conn.execute(update(notifications).where(notifications.c.id == r["id"])
+                                       .values(state="pending", next_attempt_at=now + delay,
+                                               error=error.message[:500]))
+                    await q.add_audit(conn, now, "notification_retry", alarm=r["alarm"],
+                                      actor=r["person"], channel=channel, k=r["k"],
+                                      error=error.message[:500], status=error.status,
+                                      attempts=attempts, retry_in_s=round(delay, 3),
+                                      notification=r["id"])
+        if result is not None:
+            self.last_success = now
+            self.failing_since = None
+            self.metrics.notifications.labels(channel=channel, outcome="sent").inc(len(rows))
+            log.info("notification_sent", channel=channel, sid=result.sid,
+                     alarm=rows[0]["alarm"], purpose=rows[0]["purpose"], count=len(rows))
+        else:
+            assert error is not None
+            self.last_failure = now
+            if self.failing_since is None:
+                self.failing_since = now
+            outcome = "failed" if error.permanent else "retry"
+            self.metrics.notifications.labels(channel=channel, outcome=outcome).inc(len(rows))
+            log.error("notification_failed", channel=channel, alarm=rows[0]["alarm"],
+                      error=error.message[:200], permanent=error.permanent,
+                      status=error.status, code=error.code)
+
+    async def pending_count(self) -> int:
+        async with self.store.tx() as conn:
+            n = (await conn.execute(select(func.count()).select_from(notifications)
+                                    .where(notifications.c.state == "pending"))).scalar_one()
+        return int(n)

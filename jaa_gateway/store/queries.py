@@ -1,0 +1,171 @@
+"""Reads and small writes shared by the engine, the outbox and the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from jaa_gateway.store.schema import alarms, audit, notifications, processed_events, sessions
+
+Row = dict[str, Any]
+
+OPEN_STATES = ("prealarm", "escalating", "acknowledged")
+
+
+def _one(result: Any) -> Row | None:
+    row = result.mappings().first()
+    return dict(row) if row is not None else None
+
+
+async def add_audit(
+    conn: AsyncConnection,
+    ts: float,
+    event: str,
+    *,
+    actor: str | None = None,
+    alarm: str | None = None,
+    session: str | None = None,
+    **data: Any,
+) -> None:
+    await conn.execute(
+        insert(audit).values(
+            ts=ts, event=event, actor=actor, alarm=alarm, session=session, data=data or None
+        )
+    )
+
+
+async def get_processed(conn: AsyncConnection, sender: str, event_id: str) -> Row | None:
+    return _one(
+        await conn.execute(
+            select(processed_events).where(
+                and_(processed_events.c.sender == sender, processed_events.c.event_id == event_id)
+            )
+        )
+    )
+
+
+async def add_processed(
+    conn: AsyncConnection,
+    sender: str,
+    event_id: str,
+    ts: float,
+    type_: str,
+    ref: str | None = None,
+    reply: dict[str, Any] | None = None,
+) -> None:
+    await conn.execute(
+        insert(processed_events).values(
+            sender=sender, event_id=event_id, received_at=ts, type=type_, ref=ref, reply=reply
+        )
+    )
+
+
+async def get_session(conn: AsyncConnection, session_id: str) -> Row | None:
+    return _one(await conn.execute(select(sessions).where(sessions.c.id == session_id)))
+
+
+async def active_session_of(conn: AsyncConnection, person: str) -> Row | None:
+    return _one(
+        await conn.execute(
+            select(sessions).where(and_(sessions.c.active.is_(True), sessions.c.person == person))
+        )
+    )
+
+
+async def active_sessions(conn: AsyncConnection) -> list[Row]:
+    rows = await conn.execute(
+        select(sessions).where(sessions.c.active.is_(True)).order_by(sessions.c.started_at)
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+async def active_session_count(conn: AsyncConnection) -> int:
+    res = await conn.execute(
+        select(func.count()).select_from(sessions).where(sessions.c.active.is_(True))
+    )
+    return int(res.scalar_one())
+
+
+async def active_at_location(conn: AsyncConnection, location: str) -> bool:
+    res = await conn.execute(
+        select(sessions.c.id)
+        .where(and_(sessions.c.active.is_(True), sessions.c.location == location))
+        .limit(1)
+    )
+    return res.first() is not None
+
+
+async def update_session(conn: AsyncConnection, session_id: str, **values: Any) -> None:
+    await conn.execute(update(sessions).where(sessions.c.id == session_id).values(**values))
+
+
+async def get_alarm(conn: AsyncConnection, alarm_id: str) -> Row | None:
+    return _one(await conn.execute(select(alarms).where(alarms.c.id == alarm_id)))
+
+
+async def open_alarms(conn: AsyncConnection, states: tuple[str, ...] = OPEN_STATES) -> list[Row]:
+    rows = await conn.execute(
+        select(alarms).where(alarms.c.state.in_(states)).order_by(alarms.c.opened_at)
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+async def open_alarm_of_device(
+    conn: AsyncConnection, device: str, kinds: tuple[str, ...] | None = None
+) -> Row | None:
+    q = select(alarms).where(
+        and_(alarms.c.device == device, alarms.c.state.in_(("prealarm", "escalating")))
+    )
+    if kinds is not None:
+        q = q.where(alarms.c.kind.in_(kinds))
+    return _one(await conn.execute(q.order_by(alarms.c.opened_at.desc()).limit(1)))
+
+
+async def update_alarm(conn: AsyncConnection, alarm_id: str, **values: Any) -> None:
+    await conn.execute(update(alarms).where(alarms.c.id == alarm_id).values(**values))
+
+
+async def notified_people(conn: AsyncConnection, alarm_id: str) -> list[Row]:
+    """People an escalation step was addressed to (not cancelled), with their phone."""
+    rows = await conn.execute(
+        select(notifications.c.person, notifications.c.phone)
+        .where(
+            and_(
+                notifications.c.alarm == alarm_id,
+                notifications.c.purpose == "alarm",
+                notifications.c.state != "cancelled",
+            )
+        )
+        .distinct()
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+async def was_notified(conn: AsyncConnection, alarm_id: str, person: str) -> bool:
+    res = await conn.execute(
+        select(notifications.c.id)
+        .where(
+            and_(
+                notifications.c.alarm == alarm_id,
+                notifications.c.purpose == "alarm",
+                notifications.c.person == person,
+                notifications.c.state.in_(("sending", "sent", "failed")),
+            )
+        )
+        .limit(1)
+    )
+    return res.first() is not None
+
+
+async def alarm_timeline(conn: AsyncConnection, alarm_id: str) -> list[Row]:
+    rows = await conn.execute(select(audit).where(audit.c.alarm == alarm_id).order_by(audit.c.seq))
+    return [dict(r) for r in rows.mappings()]
+
+
+async def alarm_notifications(conn: AsyncConnection, alarm_id: str) -> list[Row]:
+    rows = await conn.execute(
+        select(notifications).where(notifications.c.alarm == alarm_id).order_by(notifications.c.id)
+    )
+    return [dict(r) for r in rows.mappings()]
