@@ -62,27 +62,55 @@ class AlarmOps:
     # ------------------------------------------------------------------ outbox
 
     async def enqueue(
-        self, tx: Tx, *, alarm: str | None, purpose: str, k: int | None, person: str | None,
-        phone: str, channel: str, body: str,
+        self,
+        tx: Tx,
+        *,
+        alarm: str | None,
+        purpose: str,
+        k: int | None,
+        person: str | None,
+        phone: str,
+        channel: str,
+        body: str,
     ) -> None:
-        await tx.conn.execute(insert(notifications).values(
-            alarm=alarm, purpose=purpose, k=k, person=person, phone=phone, channel=channel,
-            body=body, state="pending", attempts=0, next_attempt_at=tx.ts, created_at=tx.ts))
+        await tx.conn.execute(
+            insert(notifications).values(
+                alarm=alarm,
+                purpose=purpose,
+                k=k,
+                person=person,
+                phone=phone,
+                channel=channel,
+                body=body,
+                state="pending",
+                attempts=0,
+                next_attempt_at=tx.ts,
+                created_at=tx.ts,
+            )
+        )
         tx.wake_outbox = True
 
     # ------------------------------------------------------------------ shapes
 
     def alarm_public(self, a: dict[str, Any]) -> dict[str, Any]:
         return {
-            "id": a["id"], "code": a["code"], "kind": a["kind"], "state": a["state"],
-            "person": a["person"], "location": a["location"], "session": a["session"],
-            "device": a["device"], "lat": a["lat"], "lon": a["lon"],
+            "id": a["id"],
+            "code": a["code"],
+            "kind": a["kind"],
+            "state": a["state"],
+            "person": a["person"],
+            "location": a["location"],
+            "session": a["session"],
+            "device": a["device"],
+            "lat": a["lat"],
+            "lon": a["lon"],
             "opened_at": self.iso(a["opened_at"]),
             "escalation_started_at": self.iso(a["escalation_started_at"]),
             "exhausted": bool(a["exhausted"]),
             "acknowledged_by": a["acknowledged_by"],
             "acknowledged_at": self.iso(a["acknowledged_at"]),
-            "resolved_at": self.iso(a["resolved_at"]), "note": a["note"],
+            "resolved_at": self.iso(a["resolved_at"]),
+            "note": a["note"],
         }
 
     def alarm_state_msg(self, a: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
@@ -90,8 +118,12 @@ class AlarmOps:
         st = a["state"]
         if st == "prealarm":
             left = max(0.0, (a["prealarm_until"] or now.timestamp()) - now.timestamp())
-            return {"type": "prealarm", "alarm": a["id"], "kind": a["kind"],
-                    "cancel_within_s": round(left, 3)}
+            return {
+                "type": "prealarm",
+                "alarm": a["id"],
+                "kind": a["kind"],
+                "cancel_within_s": round(left, 3),
+            }
         if st == "escalating":
             return {"type": "alarm_raised", "alarm": a["id"], "kind": a["kind"]}
         if st in ("acknowledged", "resolved"):
@@ -127,37 +159,80 @@ class AlarmOps:
         raise RuntimeError("no free acknowledgement code")  # > 100 tries with < 10k open alarms
 
     async def _open(
-        self, tx: Tx, *, kind: str, person: str | None, location: str | None,
-        session: str | None, device: str | None, lat: float | None, lon: float | None,
-        chain_id: str, prealarm: bool,
+        self,
+        tx: Tx,
+        *,
+        kind: str,
+        person: str | None,
+        location: str | None,
+        session: str | None,
+        device: str | None,
+        lat: float | None,
+        lon: float | None,
+        chain_id: str,
+        prealarm: bool,
     ) -> dict[str, Any]:
         chain = self.cfg.chain(chain_id)
         assert chain is not None  # cross-checked in config
         snap = escalation.snapshot_chain(self.cfg, chain, person, tx.now)
         row: dict[str, Any] = {
-            "id": "alm-" + secrets.token_hex(8), "code": await self._new_code(tx), "kind": kind,
-            "state": "prealarm" if prealarm else "escalating", "person": person,
-            "location": location, "session": session, "device": device, "lat": lat, "lon": lon,
-            "opened_at": tx.ts, "prealarm_until": None, "escalation_started_at": None,
-            "chain": snap.to_json(), "generation": 0, "next_k": 0, "next_due_at": None,
-            "exhausted": False, "acknowledged_by": None, "acknowledged_at": None,
-            "ack_via": None, "resolved_at": None, "resolved_by": None, "note": None,
-            "cancelled_at": None, "worker_ok_at": None,
+            "id": "alm-" + secrets.token_hex(8),
+            "code": await self._new_code(tx),
+            "kind": kind,
+            "state": "prealarm" if prealarm else "escalating",
+            "person": person,
+            "location": location,
+            "session": session,
+            "device": device,
+            "lat": lat,
+            "lon": lon,
+            "opened_at": tx.ts,
+            "prealarm_until": None,
+            "escalation_started_at": None,
+            "chain": snap.to_json(),
+            "generation": 0,
+            "next_k": 0,
+            "next_due_at": None,
+            "exhausted": False,
+            "acknowledged_by": None,
+            "acknowledged_at": None,
+            "ack_via": None,
+            "resolved_at": None,
+            "resolved_by": None,
+            "note": None,
+            "cancelled_at": None,
+            "worker_ok_at": None,
         }
         if prealarm:
             row["prealarm_until"] = tx.ts + self.cfg.timing.prealarm_window.total_seconds()
         # stored before any notification goes out (guarantee 1): same transaction as the outbox
         await tx.conn.execute(insert(alarms).values(**row))
-        await q.add_audit(tx.conn, tx.ts, "alarm_raised", actor=device or person, alarm=row["id"],
-                          session=session, kind=kind, state=row["state"], location=location,
-                          chain=chain_id, lat=lat, lon=lon)
-        log.warning("alarm_raised", alarm=row["id"], kind=kind, person=person,
-                    location=location, state=row["state"])
+        await q.add_audit(
+            tx.conn,
+            tx.ts,
+            "alarm_raised",
+            actor=device or person,
+            alarm=row["id"],
+            session=session,
+            kind=kind,
+            state=row["state"],
+            location=location,
+            chain=chain_id,
+            lat=lat,
+            lon=lon,
+        )
+        log.warning(
+            "alarm_raised",
+            alarm=row["id"],
+            kind=kind,
+            person=person,
+            location=location,
+            state=row["state"],
+        )
         tx.after_commit.append(lambda: self.metrics.alarms_raised.labels(kind=kind).inc())
         tx.after_commit.append(lambda: self.metrics.alarms_open.inc())
         if prealarm:
             tx.set_timer(("alarm", row["id"]), row["prealarm_until"])
-            self.to_device(tx, device, self.alarm_state_msg(row, tx.now))
             self._publish_alarm(tx, row)
         else:
             await self._start_escalation(tx, row)
@@ -168,10 +243,15 @@ class AlarmOps:
         existing = await q.open_alarm_of_device(tx.conn, ev.device_id, (ev.type,))
         if existing is not None:
             # the worker pressed again: same alarm, answered with its state
-            await q.add_audit(tx.conn, tx.ts, "alarm_repeated", actor=ev.device_id,
-                              alarm=existing["id"], kind=ev.type)
-            self.to_device(tx, ev.device_id, self.alarm_state_msg(existing, tx.now) |
-                           {"re": ev.id})
+            await q.add_audit(
+                tx.conn,
+                tx.ts,
+                "alarm_repeated",
+                actor=ev.device_id,
+                alarm=existing["id"],
+                kind=ev.type,
+            )
+            self.to_device(tx, ev.device_id, self.alarm_state_msg(existing, tx.now) | {"re": ev.id})
             return str(existing["id"])
         s = await q.active_session_of(tx.conn, person.id)
         st = getattr(self, "devices", {}).get(ev.device_id)
@@ -183,11 +263,19 @@ class AlarmOps:
         else:
             chain_id = self.cfg.gateway.default_escalation
         row = await self._open(
-            tx, kind=ev.type, person=person.id, location=s["location"] if s else None,
-            session=s["id"] if s else None, device=ev.device_id, lat=lat, lon=lon,
-            chain_id=chain_id, prealarm=ev.type == "man_down")
-        if row["state"] == "escalating":
-            self.to_device(tx, ev.device_id, self.alarm_state_msg(row, tx.now) | {"re": ev.id})
+            tx,
+            kind=ev.type,
+            person=person.id,
+            location=s["location"] if s else None,
+            session=s["id"] if s else None,
+            device=ev.device_id,
+            lat=lat,
+            lon=lon,
+            chain_id=chain_id,
+            prealarm=ev.type == "man_down",
+        )
+        # prealarm or alarm_raised, answering the event like every other answer (its "re")
+        self.to_device(tx, ev.device_id, self.alarm_state_msg(row, tx.now) | {"re": ev.id})
         return str(row["id"])
 
     async def raise_session_alarm(self, tx: Tx, s: dict[str, Any], kind: str) -> str:
@@ -195,9 +283,17 @@ class AlarmOps:
         chain_id = loc.escalation if loc else self.cfg.gateway.default_escalation
         st = getattr(self, "devices", {}).get(s["device"]) if s["device"] else None
         row = await self._open(
-            tx, kind=kind, person=s["person"], location=s["location"], session=s["id"],
-            device=s["device"], lat=st.lat if st else None, lon=st.lon if st else None,
-            chain_id=chain_id, prealarm=False)
+            tx,
+            kind=kind,
+            person=s["person"],
+            location=s["location"],
+            session=s["id"],
+            device=s["device"],
+            lat=st.lat if st else None,
+            lon=st.lon if st else None,
+            chain_id=chain_id,
+            prealarm=False,
+        )
         self.to_device(tx, s["device"], self.alarm_state_msg(row, tx.now))
         return str(row["id"])
 
@@ -209,17 +305,45 @@ class AlarmOps:
         assert chain is not None
         targets = escalation.resolve_targets(self.cfg, chain.steps[0].notify, None, tx.now)
         aid = "alm-" + secrets.token_hex(8)
-        await tx.conn.execute(insert(alarms).values(
-            id=aid, code="----", kind=kind, state="notice", person=None, location=location_id,
-            session=None, device=None, opened_at=tx.ts, generation=0, next_k=0, exhausted=False))
+        await tx.conn.execute(
+            insert(alarms).values(
+                id=aid,
+                code="----",
+                kind=kind,
+                state="notice",
+                person=None,
+                location=location_id,
+                session=None,
+                device=None,
+                opened_at=tx.ts,
+                generation=0,
+                next_k=0,
+                exhausted=False,
+            )
+        )
         local = tx.now.astimezone(self.cfg.tz).strftime("%H:%M")
         body = texts.notice_sms(self.cfg.gateway.language, kind, loc.name, door_id, local)
         for t in targets:
-            await self.enqueue(tx, alarm=aid, purpose="notice", k=None, person=t.person_id,
-                               phone=t.phone, channel="sms", body=body)
-        await q.add_audit(tx.conn, tx.ts, "notice_raised", alarm=aid, kind=kind,
-                          location=location_id, door=door_id,
-                          targets=[t.person_id for t in targets])
+            await self.enqueue(
+                tx,
+                alarm=aid,
+                purpose="notice",
+                k=None,
+                person=t.person_id,
+                phone=t.phone,
+                channel="sms",
+                body=body,
+            )
+        await q.add_audit(
+            tx.conn,
+            tx.ts,
+            "notice_raised",
+            alarm=aid,
+            kind=kind,
+            location=location_id,
+            door=door_id,
+            targets=[t.person_id for t in targets],
+        )
         log.warning("notice_raised", alarm=aid, kind=kind, location=location_id, door=door_id)
 
     # ------------------------------------------------------------------ escalation
@@ -236,10 +360,20 @@ class AlarmOps:
         a["state"] = "escalating"
         a["escalation_started_at"] = tx.ts
         a["generation"] = int(a["generation"]) + 1
-        await q.update_alarm(tx.conn, a["id"], state="escalating",
-                             escalation_started_at=tx.ts, generation=a["generation"])
-        await q.add_audit(tx.conn, tx.ts, "escalation_started", alarm=a["id"],
-                          chain=a["chain"]["chain_id"] if a["chain"] else None)
+        await q.update_alarm(
+            tx.conn,
+            a["id"],
+            state="escalating",
+            escalation_started_at=tx.ts,
+            generation=a["generation"],
+        )
+        await q.add_audit(
+            tx.conn,
+            tx.ts,
+            "escalation_started",
+            alarm=a["id"],
+            chain=a["chain"]["chain_id"] if a["chain"] else None,
+        )
         await self._run_due_steps(tx, a)
         self._publish_alarm(tx, a)
 
@@ -260,17 +394,33 @@ class AlarmOps:
             voice = texts.alarm_voice(lang, a["kind"], worker, where)
             for t in step.targets:
                 for ch in step.via:
-                    await self.enqueue(tx, alarm=a["id"], purpose="alarm", k=p.k,
-                                       person=t.person_id, phone=t.phone, channel=ch,
-                                       body=sms if ch == "sms" else voice)
+                    await self.enqueue(
+                        tx,
+                        alarm=a["id"],
+                        purpose="alarm",
+                        k=p.k,
+                        person=t.person_id,
+                        phone=t.phone,
+                        channel=ch,
+                        body=sms if ch == "sms" else voice,
+                    )
             await q.add_audit(
-                tx.conn, tx.ts, "escalation_step", alarm=a["id"], k=p.k, run=p.run,
-                step=p.step_index, keep_paging=p.is_keep_paging,
+                tx.conn,
+                tx.ts,
+                "escalation_step",
+                alarm=a["id"],
+                k=p.k,
+                run=p.run,
+                step=p.step_index,
+                keep_paging=p.is_keep_paging,
                 due_at=self.iso((start + p.offset).timestamp()),
-                targets=[t.person_id for t in step.targets], via=list(step.via))
+                targets=[t.person_id for t in step.targets],
+                via=list(step.via),
+            )
             if not step.targets:
-                log.error("escalation_step_without_targets", alarm=a["id"], k=p.k,
-                          step=p.step_index)
+                log.error(
+                    "escalation_step_without_targets", alarm=a["id"], k=p.k, step=p.step_index
+                )
             next_k = p.k + 1
             if next_k >= exhausted_at and not a["exhausted"]:
                 a["exhausted"] = True
@@ -279,8 +429,9 @@ class AlarmOps:
         nxt = escalation.next_due(snap, start, next_k)
         a["next_k"] = next_k
         a["next_due_at"] = nxt.timestamp() if nxt is not None else None
-        await q.update_alarm(tx.conn, a["id"], next_k=next_k, next_due_at=a["next_due_at"],
-                             exhausted=a["exhausted"])
+        await q.update_alarm(
+            tx.conn, a["id"], next_k=next_k, next_due_at=a["next_due_at"], exhausted=a["exhausted"]
+        )
         self._alarm_timer(tx, a)
 
     async def alarm_deadline(self, tx: Tx, alarm_id: str) -> None:
@@ -309,15 +460,22 @@ class AlarmOps:
             a = await q.open_alarm_of_device(tx.conn, ev.device_id)
         if a is None:
             await q.add_audit(tx.conn, tx.ts, "cancel_without_alarm", actor=ev.device_id)
-            self.to_device(tx, ev.device_id, {"type": "alarm_cancelled", "alarm": None,
-                                              "re": ev.id})
+            self.to_device(
+                tx, ev.device_id, {"type": "alarm_cancelled", "alarm": None, "re": ev.id}
+            )
             return None
         if a["state"] == "prealarm":
-            await q.update_alarm(tx.conn, a["id"], state="cancelled", cancelled_at=tx.ts,
-                                 generation=int(a["generation"]) + 1)
+            await q.update_alarm(
+                tx.conn,
+                a["id"],
+                state="cancelled",
+                cancelled_at=tx.ts,
+                generation=int(a["generation"]) + 1,
+            )
             a["state"] = "cancelled"
-            await q.add_audit(tx.conn, tx.ts, "alarm_cancelled", actor=person.id, alarm=a["id"],
-                              by="worker")
+            await q.add_audit(
+                tx.conn, tx.ts, "alarm_cancelled", actor=person.id, alarm=a["id"], by="worker"
+            )
             log.info("alarm_cancelled", alarm=a["id"])
             tx.set_timer(("alarm", a["id"]), None)
             self._publish_alarm(tx, a)
@@ -341,23 +499,43 @@ class AlarmOps:
         await q.update_alarm(tx.conn, a["id"], worker_ok_at=tx.ts)
         a["worker_ok_at"] = tx.ts
         loc = self.cfg.location(a["location"]) if a["location"] else None
-        body = texts.worker_ok_sms(self.cfg.gateway.language, a["kind"], person.name,
-                                   loc.name if loc else None, a["code"])
+        body = texts.worker_ok_sms(
+            self.cfg.gateway.language, a["kind"], person.name, loc.name if loc else None, a["code"]
+        )
         told = await q.notified_people(tx.conn, a["id"])
         seen: set[str] = set()
         for t in told:
             if t["phone"] in seen:
                 continue
             seen.add(t["phone"])
-            await self.enqueue(tx, alarm=a["id"], purpose="worker_ok", k=None,
-                               person=t["person"], phone=t["phone"], channel="sms", body=body)
-        await q.add_audit(tx.conn, tx.ts, "worker_reports_ok", actor=person.id, alarm=a["id"],
-                          told=sorted({t["person"] for t in told if t["person"]}))
+            await self.enqueue(
+                tx,
+                alarm=a["id"],
+                purpose="worker_ok",
+                k=None,
+                person=t["person"],
+                phone=t["phone"],
+                channel="sms",
+                body=body,
+            )
+        await q.add_audit(
+            tx.conn,
+            tx.ts,
+            "worker_reports_ok",
+            actor=person.id,
+            alarm=a["id"],
+            told=sorted({t["person"] for t in told if t["person"]}),
+        )
 
     # ------------------------------------------------------------------ guards
 
     async def ack(
-        self, alarm_ids: list[str], *, by: str, via: str, person_id: str | None,
+        self,
+        alarm_ids: list[str],
+        *,
+        by: str,
+        via: str,
+        person_id: str | None,
     ) -> AckResult:
         """Acknowledge. `person_id` set (SMS/voice): only someone notified for the alarm."""
         async with self.unit() as tx:
@@ -368,32 +546,70 @@ class AlarmOps:
                     return AckResult(False, "not_found", f"No alarm {aid}.")
                 if a["state"] in ("acknowledged", "resolved"):
                     if len(alarm_ids) == 1:
-                        return AckResult(False, "already_acknowledged",
-                                         f"Alarm {aid} was already acknowledged by "
-                                         f"{a['acknowledged_by']}.", (a,))
+                        return AckResult(
+                            False,
+                            "already_acknowledged",
+                            f"Alarm {aid} was already acknowledged by {a['acknowledged_by']}.",
+                            (a,),
+                        )
                     continue
                 if a["state"] not in ESCALATING:
                     return AckResult(False, "not_open", f"Alarm {aid} is {a['state']}.")
                 if person_id is not None and not await q.was_notified(tx.conn, aid, person_id):
-                    await q.add_audit(tx.conn, tx.ts, "ack_refused", actor=person_id, alarm=aid,
-                                      via=via, why="not notified for this alarm")
-                    return AckResult(False, "not_allowed",
-                                     f"{person_id} was not notified for alarm {aid}.")
+                    await q.add_audit(
+                        tx.conn,
+                        tx.ts,
+                        "ack_refused",
+                        actor=person_id,
+                        alarm=aid,
+                        via=via,
+                        why="not notified for this alarm",
+                    )
+                    return AckResult(
+                        False, "not_allowed", f"{person_id} was not notified for alarm {aid}."
+                    )
                 gen = int(a["generation"]) + 1
-                await q.update_alarm(tx.conn, aid, state="acknowledged", acknowledged_by=by,
-                                     acknowledged_at=tx.ts, ack_via=via, generation=gen,
-                                     next_due_at=None)
+                await q.update_alarm(
+                    tx.conn,
+                    aid,
+                    state="acknowledged",
+                    acknowledged_by=by,
+                    acknowledged_at=tx.ts,
+                    ack_via=via,
+                    generation=gen,
+                    next_due_at=None,
+                )
                 # nothing may start after the ack is stored: pending step rows are cancelled
                 # in the same transaction, and the sender's claim checks the alarm's state
                 res = await tx.conn.execute(
                     update(notifications)
-                    .where(and_(notifications.c.alarm == aid, notifications.c.purpose == "alarm",
-                                notifications.c.state == "pending"))
-                    .values(state="cancelled", error="acknowledged"))
-                a.update(state="acknowledged", acknowledged_by=by, acknowledged_at=tx.ts,
-                         ack_via=via, generation=gen, next_due_at=None)
-                await q.add_audit(tx.conn, tx.ts, "alarm_acknowledged", actor=by, alarm=aid,
-                                  via=via, person=person_id, cancelled_pending=res.rowcount)
+                    .where(
+                        and_(
+                            notifications.c.alarm == aid,
+                            notifications.c.purpose == "alarm",
+                            notifications.c.state == "pending",
+                        )
+                    )
+                    .values(state="cancelled", error="acknowledged")
+                )
+                a.update(
+                    state="acknowledged",
+                    acknowledged_by=by,
+                    acknowledged_at=tx.ts,
+                    ack_via=via,
+                    generation=gen,
+                    next_due_at=None,
+                )
+                await q.add_audit(
+                    tx.conn,
+                    tx.ts,
+                    "alarm_acknowledged",
+                    actor=by,
+                    alarm=aid,
+                    via=via,
+                    person=person_id,
+                    cancelled_pending=res.rowcount,
+                )
                 log.info("alarm_acknowledged", alarm=aid, by=by, via=via)
                 tx.set_timer(("alarm", aid), None)
                 self.to_device(tx, a["device"], self.alarm_state_msg(a, tx.now))
@@ -407,14 +623,17 @@ class AlarmOps:
             if a is None or a["state"] == "notice":
                 return AckResult(False, "not_found", f"No alarm {alarm_id}.")
             if a["state"] != "acknowledged":
-                return AckResult(False, "not_acknowledged",
-                                 f"Alarm {alarm_id} is {a['state']}; only an acknowledged "
-                                 "alarm can be resolved.")
-            await q.update_alarm(tx.conn, alarm_id, state="resolved", resolved_at=tx.ts,
-                                 resolved_by=by, note=note)
+                return AckResult(
+                    False,
+                    "not_acknowledged",
+                    f"Alarm {alarm_id} is {a['state']}; only an acknowledged "
+                    "alarm can be resolved.",
+                )
+            await q.update_alarm(
+                tx.conn, alarm_id, state="resolved", resolved_at=tx.ts, resolved_by=by, note=note
+            )
             a.update(state="resolved", resolved_at=tx.ts, resolved_by=by, note=note)
-            await q.add_audit(tx.conn, tx.ts, "alarm_resolved", actor=by, alarm=alarm_id,
-                              note=note)
+            await q.add_audit(tx.conn, tx.ts, "alarm_resolved", actor=by, alarm=alarm_id, note=note)
             log.info("alarm_resolved", alarm=alarm_id, by=by)
             self._publish_alarm(tx, a)
             tx.after_commit.append(lambda: self.metrics.alarms_open.dec())

@@ -24,7 +24,6 @@ from jaa_gateway.notify import make_notifier
 from jaa_gateway.notify.base import Notifier
 from jaa_gateway.outbox import Outbox
 from jaa_gateway.store.db import Store
-from jaa_gateway.timeutil import utcnow
 
 log = structlog.get_logger("jaa_gateway.app")
 
@@ -68,13 +67,17 @@ class App:
         self.outbox = Outbox(cfg, self.store, self.notifier, self.metrics)
         self.inbox: asyncio.Queue[DeviceEvent | DoorEvent] = asyncio.Queue(INBOX_SIZE)
         self.mqtt = MqttEdge(cfg.mqtt, self.metrics, self._enqueue, on_connect=self._on_connect)
-        self.engine = Engine(cfg, self.store, self.mqtt, self.deadlines, self.metrics,
-                             wake_outbox=self.outbox.wake)
+        self.engine = Engine(
+            cfg, self.store, self.mqtt, self.deadlines, self.metrics, wake_outbox=self.outbox.wake
+        )
         self.loop_lag = 0.0
-        self.http = HttpApi(self.engine, Health(
-            mqtt_connected=lambda: self.mqtt.connected,
-            loop_lag=lambda: self.loop_lag,
-        ))
+        self.http = HttpApi(
+            self.engine,
+            Health(
+                mqtt_connected=lambda: self.mqtt.connected,
+                loop_lag=lambda: self.loop_lag,
+            ),
+        )
         self.ready = asyncio.Event()
         self.stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -178,6 +181,9 @@ class App:
         version = await self.store.migrate()
         log.info("db_ready", schema_version=version)
         await self.outbox.recover()
+        start = getattr(self.notifier, "start", None)
+        if start is not None:
+            await start()  # warms the provider client: the first alarm SMS must not pay for it
         await self.engine.start()
         await self._start_http()
         try:

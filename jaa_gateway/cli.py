@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from jaa_gateway.config import ConfigError, load_config, summary
+
+DEVICE_TYPES = (
+    "heartbeat",
+    "session_start",
+    "session_end",
+    "checkin",
+    "sos",
+    "man_down",
+    "cancel",
+    "low_battery",
+)
+DOOR_TYPES = ("badge", "open", "closed")
+PASSWORD_ENV = "JAA_MQTT_PASSWORD"
 
 
 def _check_config(path: str) -> int:
@@ -35,6 +51,126 @@ def _run(path: str) -> int:
     return run_daemon(cfg, config_path=path)
 
 
+def _demo(speed: float, keep_running: bool) -> int:
+    from jaa_gateway.demo.runner import run_demo
+
+    return run_demo(speed=speed, keep_running=keep_running)
+
+
+def _broker_of(args: argparse.Namespace) -> tuple[str, int, str, str | None]:
+    """host, port, topic prefix and TLS CA: the options, else the config's [mqtt], else defaults.
+
+    Only where the broker is comes from the config: never its client id (two clients with one
+    id throw each other off the broker) and never the gateway's own login.
+    """
+    host, port, prefix, tls_ca = "127.0.0.1", 1883, "jaa", None
+    if args.config:
+        cfg = load_config(args.config)
+        host, port, prefix, tls_ca = (
+            cfg.mqtt.host,
+            cfg.mqtt.port,
+            cfg.mqtt.topic_prefix,
+            cfg.mqtt.tls_ca,
+        )
+    host = args.host or host
+    port = args.port or port
+    prefix = args.prefix or prefix
+    return host, port, prefix, args.tls_ca or tls_ca
+
+
+def _send(args: argparse.Namespace, kind: str, sender: str, fields: dict[str, Any]) -> int:
+    import aiomqtt
+
+    from jaa_gateway.adapters.events import Rejected
+    from jaa_gateway.demo.simulator import new_event_id, send_and_listen
+
+    if args.wait < 0 or args.wait > 3600:
+        print("error: --wait must be between 0 and 3600 seconds", file=sys.stderr)
+        return 2
+    try:
+        host, port, prefix, tls_ca = _broker_of(args)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 1
+
+    def write(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        received = asyncio.run(
+            send_and_listen(
+                host=host,
+                port=port,
+                prefix=prefix,
+                kind="device" if kind == "device" else "door",
+                sender=sender,
+                etype=args.type,
+                fields=fields,
+                event_id=args.id or new_event_id(kind),
+                wait=args.wait,
+                username=args.username,
+                password=os.environ.get(PASSWORD_ENV) or None,
+                tls_ca=tls_ca,
+                write=write,
+            )
+        )
+    except Rejected as exc:
+        # nothing was sent: the gateway would have dropped it
+        print(
+            f"error: the gateway would reject this event ({exc.reason}): {exc.detail}",
+            file=sys.stderr,
+        )
+        return 2
+    except aiomqtt.MqttError as exc:
+        print(f"error: MQTT broker {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if received == 0 and args.wait > 0:
+        write(f"no answer on the cmd topic within {args.wait:g} s")
+    return 0
+
+
+def _device(args: argparse.Namespace) -> int:
+    fields = {
+        "location": args.location,
+        "planned_minutes": args.planned_minutes,
+        "battery": args.battery,
+        "lat": args.lat,
+        "lon": args.lon,
+        "alarm": args.alarm,
+    }
+    return _send(args, "device", args.device_id, fields)
+
+
+def _door(args: argparse.Namespace) -> int:
+    if args.type != "badge" and (args.badge or args.action):
+        print("error: BADGE and --action belong to a badge event only", file=sys.stderr)
+        return 2
+    return _send(args, "door", args.door_id, {"badge": args.badge, "action": args.action})
+
+
+def _mqtt_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("broker")
+    g.add_argument("--config", help="take host, port, prefix and TLS CA from this config's [mqtt]")
+    g.add_argument("--host", help="broker host (default 127.0.0.1)")
+    g.add_argument("--port", type=int, help="broker port (default 1883)")
+    g.add_argument("--prefix", help="topic prefix (default jaa)")
+    g.add_argument(
+        "--username",
+        help=f"MQTT login (default: the device or door id); password from ${PASSWORD_ENV}",
+    )
+    g.add_argument("--tls-ca", help="CA file: connect with TLS")
+    p.add_argument("--id", help="event id (default: a fresh one); repeat an id to test dedupe")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=3.0,
+        help="seconds to print the gateway's answers on the cmd topic (default 3)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaa-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +178,46 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--config", required=True, help="path to the TOML config")
     p_check = sub.add_parser("check-config", help="validate a config file")
     p_check.add_argument("path")
+
+    p_demo = sub.add_parser("demo", help="a scripted tour on an embedded broker (exits 0 when OK)")
+    p_demo.add_argument(
+        "--speed", type=float, default=1.0, help="run the story this many times faster (0.2-10)"
+    )
+    p_demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the story, keep the broker, the gateway and its HTTP API up until Ctrl-C",
+    )
+
+    p_dev = sub.add_parser(
+        "device",
+        help="publish one device event and print the gateway's answers",
+        description="Publish one contract event as a device (QoS 1) and print what the gateway "
+        "answers on the device's cmd topic.",
+    )
+    p_dev.add_argument("device_id")
+    p_dev.add_argument("type", choices=DEVICE_TYPES)
+    p_dev.add_argument("--location", help="session_start: the location id")
+    p_dev.add_argument("--planned-minutes", type=int, help="session_start: planned length")
+    p_dev.add_argument("--lat", type=float)
+    p_dev.add_argument("--lon", type=float)
+    p_dev.add_argument("--battery", type=float, help="percent (heartbeat, low_battery)")
+    p_dev.add_argument("--alarm", help="cancel: the alarm id")
+    _mqtt_options(p_dev)
+
+    p_door = sub.add_parser(
+        "door",
+        help="publish one door event and print the gateway's answers",
+        description="Publish one contract event as a door sensor / badge reader (QoS 1) and "
+        "print what the gateway answers on the door's cmd topic.",
+    )
+    p_door.add_argument("door_id")
+    p_door.add_argument("type", choices=DOOR_TYPES)
+    p_door.add_argument("badge", nargs="?", help="badge: the card id")
+    p_door.add_argument(
+        "--action", choices=("start", "end"), help="badge: start or end (default: toggle)"
+    )
+    _mqtt_options(p_door)
     return parser
 
 
@@ -51,6 +227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.path)
     if args.command == "run":
         return _run(args.config)
+    if args.command == "demo":
+        return _demo(args.speed, args.keep_running)
+    if args.command == "device":
+        return _device(args)
+    if args.command == "door":
+        return _door(args)
     return 2
 
 

@@ -15,6 +15,7 @@ import os
 import re
 import tomllib
 import typing
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +24,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from pydantic import (
-    PlainSerializer,
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
-    PrivateAttr,
+    PlainSerializer,
     SecretStr,
     StrictBool,
     Tag,
@@ -424,6 +424,9 @@ class Assessment(_Frozen):
 
 
 _T = typing.TypeVar("_T", bound=BaseModel)
+# per-Config look-up indexes, kept outside the model: pydantic compares private attributes in
+# ==, so a cache on the instance would make two equal configs unequal after a look-up
+_INDEXES: dict[int, dict[str, tuple[object, dict[str, Any]]]] = {}
 
 
 class Config(_Frozen):
@@ -440,19 +443,22 @@ class Config(_Frozen):
     escalation_chains: list[Chain] = Field(default_factory=list)
     assessments: list[Assessment] = Field(default_factory=list)
 
-    # id -> item, per section; keyed on the list object itself so a model_copy(update=...)
-    # that replaces a list can never be answered from a stale index
-    _indexes: dict[str, tuple[object, dict[str, Any]]] = PrivateAttr(default_factory=dict)
-
     def _lookup(self, attr: str, key: str) -> Any:
         items = getattr(self, attr)
-        cached = self._indexes.get(attr)
+        indexes = _INDEXES.get(id(self))
+        if indexes is None:
+            indexes = _INDEXES[id(self)] = {}
+            # dropped with the model, so a later object reusing its id() starts afresh
+            weakref.finalize(self, _INDEXES.pop, id(self), None)
+        cached = indexes.get(attr)
+        # keyed on the list object too: a model_copy(update=...) that replaces a list gets a new
+        # object id anyway, but this keeps the index honest whatever happens to the model
         if cached is None or cached[0] is not items:
             index: dict[str, Any] = {}
             for item in items:
                 index.setdefault(item.id, item)
             cached = (items, index)
-            self._indexes[attr] = cached
+            indexes[attr] = cached
         return cached[1].get(key)
 
     @property
@@ -538,9 +544,19 @@ _MIN_REDACT = 4
 
 def _item_label(node: Sequence[Any], index: int) -> str:
     entry = node[index]
-    if isinstance(entry, dict) and isinstance(entry.get("id"), str) and entry["id"]:
-        return str(entry["id"])
+    # only a well-formed id names an entry: anything else could break the one-line format
+    if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+        label = str(entry["id"])
+        if label and label.isprintable() and len(label) <= 64 and not set(label) & set("[]"):
+            return label
     return str(index)
+
+
+def _one_line(text: str) -> str:
+    """Escape control characters (a TOML key may hold a newline): one problem, one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _join(path: str, key: str) -> str:
@@ -838,7 +854,7 @@ def parse_config(
         secrets = env_values | _secrets_in(doc) | _secrets_in(data)
         lines: list[str] = []
         for key, why in problems:
-            line = _redact(f"{source}: {key}: {why}", secrets)
+            line = _one_line(_redact(f"{source}: {key}: {why}", secrets))
             if line not in lines:
                 lines.append(line)
         raise ConfigError(lines)

@@ -142,29 +142,37 @@ class Engine(AlarmOps):
                 self._alarm_timer(tx, a)
             n_sessions = await q.active_session_count(tx.conn)
             n_alarms = len(await q.open_alarms(tx.conn, ("prealarm", "escalating")))
-            await q.add_audit(tx.conn, tx.ts, "gateway_started", sessions=n_sessions,
-                              open_alarms=n_alarms)
+            await q.add_audit(
+                tx.conn, tx.ts, "gateway_started", sessions=n_sessions, open_alarms=n_alarms
+            )
         self.metrics.sessions_active.set(n_sessions)
         await self.refresh_alarm_gauge()
-        log.info("engine_started", sessions=n_sessions, open_alarms=n_alarms,
-                 timers=len(self.deadlines))
+        log.info(
+            "engine_started", sessions=n_sessions, open_alarms=n_alarms, timers=len(self.deadlines)
+        )
 
     async def _load_assessments(self, tx: Tx) -> None:
-        stored = {
-            r["id"]: r for r in (await tx.conn.execute(select(assessments))).mappings()
-        }
+        stored = {r["id"]: r for r in (await tx.conn.execute(select(assessments))).mappings()}
         for a in self.cfg.assessments:
             data = a.model_dump(mode="json")
             old = stored.get(a.id)
             if old is not None and old["source"] == "api" and old["data"] != data:
                 # config wins on conflicts; say so, the facility may be surprised
                 log.warning("assessment_overridden_by_config", assessment=a.id)
-                await q.add_audit(tx.conn, tx.ts, "assessment_overridden_by_config",
-                                  actor="config", assessment=a.id)
+                await q.add_audit(
+                    tx.conn,
+                    tx.ts,
+                    "assessment_overridden_by_config",
+                    actor="config",
+                    assessment=a.id,
+                )
             if old is None or old["data"] != data or old["source"] != "config":
                 await tx.conn.execute(delete(assessments).where(assessments.c.id == a.id))
-                await tx.conn.execute(insert(assessments).values(
-                    id=a.id, data=data, source="config", updated_at=tx.ts, updated_by="config"))
+                await tx.conn.execute(
+                    insert(assessments).values(
+                        id=a.id, data=data, source="config", updated_at=tx.ts, updated_by="config"
+                    )
+                )
         rows = (await tx.conn.execute(select(assessments))).mappings()
         self.assessments = {}
         for r in rows:
@@ -176,21 +184,32 @@ class Engine(AlarmOps):
     async def put_assessment(self, a: Assessment, actor: str) -> str:
         """Store an assessment from the API; returns 'created' or 'updated'."""
         async with self.unit() as tx:
-            row = (await tx.conn.execute(
-                select(assessments).where(assessments.c.id == a.id))).mappings().first()
+            row = (
+                (await tx.conn.execute(select(assessments).where(assessments.c.id == a.id)))
+                .mappings()
+                .first()
+            )
             if row is not None and row["source"] == "config":
                 raise PermissionError(
-                    f"assessment {a.id} is defined in the config file; change it there")
+                    f"assessment {a.id} is defined in the config file; change it there"
+                )
             data = a.model_dump(mode="json")
             if row is None:
-                await tx.conn.execute(insert(assessments).values(
-                    id=a.id, data=data, source="api", updated_at=tx.ts, updated_by=actor))
+                await tx.conn.execute(
+                    insert(assessments).values(
+                        id=a.id, data=data, source="api", updated_at=tx.ts, updated_by=actor
+                    )
+                )
             else:
-                await tx.conn.execute(update(assessments).where(assessments.c.id == a.id).values(
-                    data=data, updated_at=tx.ts, updated_by=actor))
+                await tx.conn.execute(
+                    update(assessments)
+                    .where(assessments.c.id == a.id)
+                    .values(data=data, updated_at=tx.ts, updated_by=actor)
+                )
             result = "created" if row is None else "updated"
-            await q.add_audit(tx.conn, tx.ts, f"assessment_{result}", actor=actor,
-                              assessment=a.id, data=data)
+            await q.add_audit(
+                tx.conn, tx.ts, f"assessment_{result}", actor=actor, assessment=a.id, data=data
+            )
             tx.after_commit.append(lambda: self.assessments.__setitem__(a.id, a))
         return result
 
@@ -218,18 +237,42 @@ class Engine(AlarmOps):
         device = self.cfg.device(ev.device_id)
         if device is None:
             if ev.type == "session_start":
-                reply = {"type": "session_denied", "reason": "unknown_device",
-                         "detail": f"Device {ev.device_id} is not registered with the gateway.",
-                         "re": ev.id}
-                await self.publisher.publish(self.device_topic(ev.device_id), reply)
-                self.metrics.session_denials.labels(reason="unknown_device").inc()
+                # deduplicated like every other answered event: the device repeats until
+                # answered, and each repeat must not count or audit another denial
+                sender = f"device:{ev.device_id}"
                 async with self.unit() as tx:
-                    await q.add_audit(tx.conn, tx.ts, "session_denied", actor=ev.device_id,
-                                      reason="unknown_device", device=ev.device_id)
+                    seen = await q.get_processed(tx.conn, sender, ev.id)
+                    if seen is not None:
+                        self.metrics.rejected.labels(reason="duplicate").inc()
+                        await self._answer_again(tx, seen, ev.device_id, None, ev.id)
+                        return
+                    denial = {
+                        "type": "session_denied",
+                        "reason": "unknown_device",
+                        "detail": f"Device {ev.device_id} is not registered with the gateway.",
+                    }
+                    await q.add_audit(
+                        tx.conn,
+                        tx.ts,
+                        "session_denied",
+                        actor=ev.device_id,
+                        reason="unknown_device",
+                        device=ev.device_id,
+                    )
+                    await q.add_processed(tx.conn, sender, ev.id, tx.ts, ev.type, None, denial)
+                    tx.publish(self.device_topic(ev.device_id), denial | {"re": ev.id})
+                    tx.after_commit.append(
+                        lambda: self.metrics.session_denials.labels(reason="unknown_device").inc()
+                    )
+                log.info("session_denied", device=ev.device_id, reason="unknown_device")
             else:
                 self.metrics.rejected.labels(reason="unknown_device").inc()
-                log.warning("mqtt_message_rejected", reason="unknown_device",
-                            device=ev.device_id, type=ev.type)
+                log.warning(
+                    "mqtt_message_rejected",
+                    reason="unknown_device",
+                    device=ev.device_id,
+                    type=ev.type,
+                )
             return
         self._touch(ev)
         if ev.type == "heartbeat":
@@ -255,12 +298,25 @@ class Engine(AlarmOps):
             ref: str | None = None
             reply: dict[str, Any] | None = None
             if ev.type == "session_start":
-                ref, reply = await self._start(tx, person, source="device", device_id=ev.device_id,
-                                               door_id=None, location_id=ev.location,
-                                               planned_minutes=ev.planned_minutes, event_id=ev.id)
+                ref, reply = await self._start(
+                    tx,
+                    person,
+                    source="device",
+                    device_id=ev.device_id,
+                    door_id=None,
+                    location_id=ev.location,
+                    planned_minutes=ev.planned_minutes,
+                    event_id=ev.id,
+                )
             elif ev.type == "session_end":
-                await self._end_by_person(tx, person, reason="device", device_id=ev.device_id,
-                                          door_id=None, event_id=ev.id)
+                await self._end_by_person(
+                    tx,
+                    person,
+                    reason="device",
+                    device_id=ev.device_id,
+                    door_id=None,
+                    event_id=ev.id,
+                )
             elif ev.type == "checkin":
                 await self._checkin(tx, person, ev)
             elif ev.type in ("sos", "man_down"):
@@ -268,11 +324,13 @@ class Engine(AlarmOps):
             elif ev.type == "cancel":
                 ref = await self.worker_cancel(tx, ev, person)
             elif ev.type == "low_battery":
-                await q.add_audit(tx.conn, tx.ts, "low_battery", actor=ev.device_id,
-                                  battery=ev.battery)
+                await q.add_audit(
+                    tx.conn, tx.ts, "low_battery", actor=ev.device_id, battery=ev.battery
+                )
                 log.warning("device_low_battery", device=ev.device_id, battery=ev.battery)
-            await q.add_processed(tx.conn, f"device:{ev.device_id}", ev.id, tx.ts, ev.type,
-                                  ref, reply)
+            await q.add_processed(
+                tx.conn, f"device:{ev.device_id}", ev.id, tx.ts, ev.type, ref, reply
+            )
 
     async def _handle_door(self, ev: DoorEvent) -> None:
         async with self.unit() as tx:
@@ -290,23 +348,40 @@ class Engine(AlarmOps):
                 action = ev.action
                 if person is not None and action is None:
                     active = await q.active_session_of(tx.conn, person.id)
-                    at_here = active is not None and loc is not None and \
-                        active["location"] == loc.id
+                    at_here = (
+                        active is not None and loc is not None and active["location"] == loc.id
+                    )
                     action = "end" if at_here else "start"
                 if person is not None and action == "end":
-                    ref = await self._end_by_person(tx, person, reason="badge", device_id=None,
-                                                    door_id=ev.door_id, event_id=ev.id)
+                    ref = await self._end_by_person(
+                        tx,
+                        person,
+                        reason="badge",
+                        device_id=None,
+                        door_id=ev.door_id,
+                        event_id=ev.id,
+                    )
                 else:
                     ref, reply = await self._start(
-                        tx, person, source="badge", device_id=None, door_id=ev.door_id,
-                        location_id=loc.id if loc else None, planned_minutes=None,
-                        event_id=ev.id)
+                        tx,
+                        person,
+                        source="badge",
+                        device_id=None,
+                        door_id=ev.door_id,
+                        location_id=loc.id if loc else None,
+                        planned_minutes=None,
+                        event_id=ev.id,
+                    )
             elif ev.type == "open" and loc is not None:
                 await self._door_opened(tx, ev, loc.id)
             await q.add_processed(tx.conn, f"door:{ev.door_id}", ev.id, tx.ts, ev.type, ref, reply)
 
     async def _answer_again(
-        self, tx: Tx, seen: dict[str, Any], device_id: str | None, door_id: str | None,
+        self,
+        tx: Tx,
+        seen: dict[str, Any],
+        device_id: str | None,
+        door_id: str | None,
         event_id: str,
     ) -> None:
         """A repeat of an answered event: answer with the current state (CONTRACT §3)."""
@@ -319,8 +394,11 @@ class Engine(AlarmOps):
             s = await q.get_session(tx.conn, ref)
             if s is not None:
                 session_device = s["device"]
-                msg = self.session_started_msg(s) if s["active"] else {
-                    "type": "session_ended", "session": s["id"]}
+                msg = (
+                    self.session_started_msg(s)
+                    if s["active"]
+                    else {"type": "session_ended", "session": s["id"]}
+                )
         elif ref and ref.startswith("alm-"):
             a = await q.get_alarm(tx.conn, ref)
             if a is not None:
@@ -353,8 +431,16 @@ class Engine(AlarmOps):
         return st is not None and now.timestamp() - st.last_seen <= timeout
 
     async def _start(
-        self, tx: Tx, person: Person | None, *, source: str, device_id: str | None,
-        door_id: str | None, location_id: str | None, planned_minutes: int | None, event_id: str,
+        self,
+        tx: Tx,
+        person: Person | None,
+        *,
+        source: str,
+        device_id: str | None,
+        door_id: str | None,
+        location_id: str | None,
+        planned_minutes: int | None,
+        event_id: str,
     ) -> tuple[str | None, dict[str, Any] | None]:
         """Run the gate; returns (session id, None) or (None, the denial reply)."""
         if person is not None:
@@ -368,19 +454,39 @@ class Engine(AlarmOps):
                     return active["id"], None
                 where = self.cfg.location(active["location"])
                 return None, await self._deny(
-                    tx, person, location_id, device_id, door_id, event_id, gate.Denied(
-                        "session_active",
-                        f"You already have a lone-work session at "
-                        f"{where.name if where else active['location']}; end it first."))
+                    tx,
+                    person,
+                    location_id,
+                    device_id,
+                    door_id,
+                    event_id,
+                    "session_active",
+                    f"You already have a lone-work session at "
+                    f"{where.name if where else active['location']}; end it first.",
+                )
         last_seen = {d: from_ts(st.last_seen) for d, st in self.devices.items()}
         decision = gate.decide_start(
-            self.cfg, now=tx.now, person=person, location_id=location_id,
-            source="device" if source == "device" else "badge", device_id=device_id,
-            assessments=list(self.assessments.values()), device_last_seen=last_seen,
-            planned_minutes=planned_minutes)
+            self.cfg,
+            now=tx.now,
+            person=person,
+            location_id=location_id,
+            source="device" if source == "device" else "badge",
+            device_id=device_id,
+            assessments=list(self.assessments.values()),
+            device_last_seen=last_seen,
+            planned_minutes=planned_minutes,
+        )
         if isinstance(decision, gate.Denied):
-            return None, await self._deny(tx, person, location_id, device_id, door_id, event_id,
-                                          decision)
+            return None, await self._deny(
+                tx,
+                person,
+                location_id,
+                device_id,
+                door_id,
+                event_id,
+                decision.reason,
+                decision.detail,
+            )
         assert person is not None and location_id is not None
         dev = device_id
         if dev is None:
@@ -391,19 +497,37 @@ class Engine(AlarmOps):
                 dev = own.id
         sid = "ses-" + secrets.token_hex(8)
         interval = decision.checkin_interval
-        row = {
-            "id": sid, "person": person.id, "location": location_id, "device": dev,
-            "door": door_id, "assessment": decision.assessment_id, "source": source,
-            "started_at": tx.ts, "ends_at": decision.ends_at.timestamp(),
+        row: dict[str, Any] = {
+            "id": sid,
+            "person": person.id,
+            "location": location_id,
+            "device": dev,
+            "door": door_id,
+            "assessment": decision.assessment_id,
+            "source": source,
+            "started_at": tx.ts,
+            "ends_at": decision.ends_at.timestamp(),
             "checkin_interval_s": interval.total_seconds() if interval else None,
             "checkin_due_at": (tx.now + interval).timestamp() if interval else None,
             "checkin_state": "waiting" if interval else "none",
-            "overrun_state": "none", "offline_alarmed": False, "active": True,
+            "overrun_state": "none",
+            "offline_alarmed": False,
+            "active": True,
         }
         await tx.conn.execute(insert(sessions).values(**row))
-        await q.add_audit(tx.conn, tx.ts, "session_started", actor=person.id, session=sid,
-                          location=location_id, device=dev, door=door_id, source=source,
-                          assessment=decision.assessment_id, ends_at=self.iso(row["ends_at"]))
+        await q.add_audit(
+            tx.conn,
+            tx.ts,
+            "session_started",
+            actor=person.id,
+            session=sid,
+            location=location_id,
+            device=dev,
+            door=door_id,
+            source=source,
+            assessment=decision.assessment_id,
+            ends_at=self.iso(row["ends_at"]),
+        )
         log.info("session_started", session=sid, person=person.id, location=location_id)
         self._session_timers(tx, row)
         msg = self.session_started_msg(row) | {"re": event_id}
@@ -414,16 +538,34 @@ class Engine(AlarmOps):
         return sid, None
 
     async def _deny(
-        self, tx: Tx, person: Person | None, location_id: str | None, device_id: str | None,
-        door_id: str | None, event_id: str, d: gate.Denied,
+        self,
+        tx: Tx,
+        person: Person | None,
+        location_id: str | None,
+        device_id: str | None,
+        door_id: str | None,
+        event_id: str,
+        reason: str,
+        detail: str,
     ) -> dict[str, Any]:
-        reply = {"type": "session_denied", "reason": d.reason, "detail": d.detail}
-        await q.add_audit(tx.conn, tx.ts, "session_denied", actor=person.id if person else None,
-                          reason=d.reason, detail=d.detail, location=location_id,
-                          device=device_id, door=door_id)
-        log.info("session_denied", person=person.id if person else None, reason=d.reason,
-                 location=location_id)
-        reason = d.reason
+        reply = {"type": "session_denied", "reason": reason, "detail": detail}
+        await q.add_audit(
+            tx.conn,
+            tx.ts,
+            "session_denied",
+            actor=person.id if person else None,
+            reason=reason,
+            detail=detail,
+            location=location_id,
+            device=device_id,
+            door=door_id,
+        )
+        log.info(
+            "session_denied",
+            person=person.id if person else None,
+            reason=reason,
+            location=location_id,
+        )
         tx.after_commit.append(lambda: self.metrics.session_denials.labels(reason=reason).inc())
         self.to_device(tx, device_id, reply | {"re": event_id})
         if door_id:
@@ -432,22 +574,41 @@ class Engine(AlarmOps):
             sup = self.cfg.person(person.supervisor)
             loc = self.cfg.location(location_id) if location_id else None
             if sup is not None:
-                body = texts.denial_sms(self.cfg.gateway.language, person.name,
-                                        loc.name if loc else (location_id or "?"), d.reason,
-                                        d.detail)
-                await self.enqueue(tx, alarm=None, purpose="denial", k=None, person=sup.id,
-                                   phone=sup.phone, channel="sms", body=body)
+                body = texts.denial_sms(
+                    self.cfg.gateway.language,
+                    person.name,
+                    loc.name if loc else (location_id or "?"),
+                    reason,
+                    detail,
+                )
+                await self.enqueue(
+                    tx,
+                    alarm=None,
+                    purpose="denial",
+                    k=None,
+                    person=sup.id,
+                    phone=sup.phone,
+                    channel="sms",
+                    body=body,
+                )
         return reply
 
     async def _end_by_person(
-        self, tx: Tx, person: Person, *, reason: str, device_id: str | None, door_id: str | None,
+        self,
+        tx: Tx,
+        person: Person,
+        *,
+        reason: str,
+        device_id: str | None,
+        door_id: str | None,
         event_id: str,
     ) -> str | None:
         s = await q.active_session_of(tx.conn, person.id)
         if s is None:
             log.info("session_end_without_session", person=person.id)
-            await q.add_audit(tx.conn, tx.ts, "session_end_ignored", actor=person.id,
-                              reason="no active session")
+            await q.add_audit(
+                tx.conn, tx.ts, "session_end_ignored", actor=person.id, reason="no active session"
+            )
             return None
         await self.end_session(tx, s, reason=reason, actor=person.id)
         msg = {"type": "session_ended", "session": s["id"], "re": event_id}
@@ -460,8 +621,15 @@ class Engine(AlarmOps):
         await q.update_session(tx.conn, s["id"], active=False, ended_at=tx.ts, end_reason=reason)
         for kind in ("checkin", "overrun", "offline"):
             tx.set_timer((kind, s["id"]), None)
-        await q.add_audit(tx.conn, tx.ts, "session_ended", actor=actor, session=s["id"],
-                          reason=reason, location=s["location"])
+        await q.add_audit(
+            tx.conn,
+            tx.ts,
+            "session_ended",
+            actor=actor,
+            session=s["id"],
+            reason=reason,
+            location=s["location"],
+        )
         log.info("session_ended", session=s["id"], reason=reason)
         tx.after_commit.append(lambda: self.metrics.sessions_active.dec())
 
@@ -473,8 +641,11 @@ class Engine(AlarmOps):
         values: dict[str, Any] = {}
         if s["checkin_interval_s"]:
             due = tx.ts + s["checkin_interval_s"]
-            values = {"checkin_due_at": due, "checkin_state": "waiting",
-                      "checkin_grace_until": None}
+            values = {
+                "checkin_due_at": due,
+                "checkin_state": "waiting",
+                "checkin_grace_until": None,
+            }
             tx.set_timer(("checkin", s["id"]), due)
         if values:
             await q.update_session(tx.conn, s["id"], **values)
@@ -490,8 +661,9 @@ class Engine(AlarmOps):
         if s["overrun_state"] == "none":
             tx.set_timer(("overrun", sid), s["ends_at"])
         elif s["overrun_state"] == "due":
-            tx.set_timer(("overrun", sid),
-                         s["ends_at"] + self.cfg.timing.overrun_grace.total_seconds())
+            tx.set_timer(
+                ("overrun", sid), s["ends_at"] + self.cfg.timing.overrun_grace.total_seconds()
+            )
         if s["device"] and not s["offline_alarmed"]:
             st = self.devices.get(s["device"])
             base = max(st.last_seen if st else 0.0, s["started_at"])
@@ -523,11 +695,13 @@ class Engine(AlarmOps):
                 return
             grace = self.cfg.timing.checkin_grace.total_seconds()
             until = s["checkin_due_at"] + grace
-            await q.update_session(tx.conn, s["id"], checkin_state="due",
-                                   checkin_grace_until=until)
+            await q.update_session(tx.conn, s["id"], checkin_state="due", checkin_grace_until=until)
             await q.add_audit(tx.conn, tx.ts, "checkin_due", session=s["id"], reason="checkin")
-            self.to_device(tx, s["device"], {"type": "checkin_due", "session": s["id"],
-                                             "reason": "checkin", "grace_s": grace})
+            self.to_device(
+                tx,
+                s["device"],
+                {"type": "checkin_due", "session": s["id"], "reason": "checkin", "grace_s": grace},
+            )
             tx.set_timer(("checkin", s["id"]), until)
         elif s["checkin_state"] == "due":
             if s["checkin_grace_until"] is not None and s["checkin_grace_until"] > tx.ts + 0.001:
@@ -544,8 +718,11 @@ class Engine(AlarmOps):
                 return
             await q.update_session(tx.conn, s["id"], overrun_state="due")
             await q.add_audit(tx.conn, tx.ts, "checkin_due", session=s["id"], reason="overrun")
-            self.to_device(tx, s["device"], {"type": "checkin_due", "session": s["id"],
-                                             "reason": "overrun", "grace_s": grace})
+            self.to_device(
+                tx,
+                s["device"],
+                {"type": "checkin_due", "session": s["id"], "reason": "overrun", "grace_s": grace},
+            )
             tx.set_timer(("overrun", s["id"]), s["ends_at"] + grace)
         elif s["overrun_state"] == "due":
             if s["ends_at"] + grace > tx.ts + 0.001:
@@ -578,8 +755,14 @@ class Engine(AlarmOps):
             return
         last = self._last_notice.get(location_id)
         if last is not None and tx.now - last < NOTICE_SPACING:
-            await q.add_audit(tx.conn, tx.ts, "notice_suppressed", kind="unattended_entry",
-                              location=location_id, door=ev.door_id)
+            await q.add_audit(
+                tx.conn,
+                tx.ts,
+                "notice_suppressed",
+                kind="unattended_entry",
+                location=location_id,
+                door=ev.door_id,
+            )
             return
         self._last_notice[location_id] = tx.now
         await self.raise_notice(tx, "unattended_entry", location_id, ev.door_id)
@@ -594,8 +777,16 @@ class Engine(AlarmOps):
         rows = []
         for d in dirty:
             st = self.devices[d]
-            rows.append({"id": d, "last_seen": st.last_seen, "battery": st.battery,
-                         "lat": st.lat, "lon": st.lon, "position_at": st.position_at})
+            rows.append(
+                {
+                    "id": d,
+                    "last_seen": st.last_seen,
+                    "battery": st.battery,
+                    "lat": st.lat,
+                    "lon": st.lon,
+                    "position_at": st.position_at,
+                }
+            )
         try:
             async with self.store.tx() as conn:
                 ids = [r["id"] for r in rows]
@@ -610,5 +801,6 @@ class Engine(AlarmOps):
         cutoff = (self.clock() - DEDUPE_TTL).timestamp()
         async with self.store.tx() as conn:
             res = await conn.execute(
-                delete(processed_events).where(processed_events.c.received_at < cutoff))
+                delete(processed_events).where(processed_events.c.received_at < cutoff)
+            )
         return int(res.rowcount or 0)

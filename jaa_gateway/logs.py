@@ -28,4 +28,6 @@ def configure(fmt: str = "json", level: int = logging.INFO) -> None:
         cache_logger_on_first_use=False,
     )
     # libraries that log through stdlib logging (aiomqtt, apscheduler, aiohttp): warnings only
-    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stdout, format="%(name)s %(levelname)s %(message)s"
+    )

@@ -22,7 +22,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.rejected = Counter(
-            "jaa_rejected_messages", "Inbound MQTT messages dropped, by reason", ["reason"],
+            "jaa_rejected_messages",
+            "Inbound MQTT messages dropped, by reason",
+            ["reason"],
             registry=r,
         )
         for reason in REJECT_REASONS:
@@ -30,27 +32,42 @@ class Metrics:
         self.received = Counter(
             "jaa_mqtt_messages_received", "Inbound MQTT messages accepted at the edge", registry=r
         )
-        self.mqtt_connected = Gauge("jaa_mqtt_connected", "1 while connected to the broker", registry=r)
+        self.mqtt_connected = Gauge(
+            "jaa_mqtt_connected", "1 while connected to the broker", registry=r
+        )
         self.mqtt_reconnects = Counter("jaa_mqtt_reconnects", "Broker (re)connections", registry=r)
         self.inbox_depth = Gauge("jaa_inbox_depth", "Events waiting for the engine", registry=r)
         self.sessions_active = Gauge("jaa_sessions_active", "Active lone-work sessions", registry=r)
         self.session_denials = Counter(
             "jaa_session_denials", "Session starts denied, by reason", ["reason"], registry=r
         )
-        self.alarms_open = Gauge("jaa_alarms_open", "Alarms not yet resolved or cancelled", registry=r)
-        self.alarms_raised = Counter("jaa_alarms_raised", "Alarms raised, by kind", ["kind"], registry=r)
+        self.alarms_open = Gauge(
+            "jaa_alarms_open", "Alarms not yet resolved or cancelled", registry=r
+        )
+        self.alarms_raised = Counter(
+            "jaa_alarms_raised", "Alarms raised, by kind", ["kind"], registry=r
+        )
         self.notifications = Counter(
-            "jaa_notifications", "Notifications by channel and outcome", ["channel", "outcome"],
+            "jaa_notifications",
+            "Notifications by channel and outcome",
+            ["channel", "outcome"],
             registry=r,
         )
         self.notify_latency = Histogram(
-            "jaa_notification_send_seconds", "Time of one provider request", ["channel"],
+            "jaa_notification_send_seconds",
+            "Time of one provider request",
+            ["channel"],
             registry=r,
         )
-        self.outbox_pending = Gauge("jaa_outbox_pending", "Notifications waiting to be sent", registry=r)
-        self.loop_lag = Gauge("jaa_event_loop_lag_seconds", "Last measured event loop lag", registry=r)
+        self.outbox_pending = Gauge(
+            "jaa_outbox_pending", "Notifications waiting to be sent", registry=r
+        )
+        self.loop_lag = Gauge(
+            "jaa_event_loop_lag_seconds", "Last measured event loop lag", registry=r
+        )
         self.timer_lateness = Histogram(
-            "jaa_timer_lateness_seconds", "How late deadlines fired",
+            "jaa_timer_lateness_seconds",
+            "How late deadlines fired",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )

@@ -90,8 +90,9 @@ class Outbox:
                 await q.add_audit(conn, now, "outbox_requeued", count=res.rowcount)
             rows = await conn.execute(
                 select(notifications.c.phone, func.max(notifications.c.sent_at))
-                .where(and_(notifications.c.channel == "call",
-                            notifications.c.sent_at > now - spacing))
+                .where(
+                    and_(notifications.c.channel == "call", notifications.c.sent_at > now - spacing)
+                )
                 .group_by(notifications.c.phone)
             )
             for phone, sent_at in rows:
@@ -117,10 +118,13 @@ class Outbox:
 
     async def _next_delay(self) -> float:
         async with self.store.tx() as conn:
-            nxt = (await conn.execute(
-                select(func.min(notifications.c.next_attempt_at))
-                .where(notifications.c.state == "pending")
-            )).scalar()
+            nxt = (
+                await conn.execute(
+                    select(func.min(notifications.c.next_attempt_at)).where(
+                        notifications.c.state == "pending"
+                    )
+                )
+            ).scalar()
         if nxt is None:
             return 5.0
         return float(min(5.0, max(0.0, float(nxt) - self.clock().timestamp())))
@@ -128,12 +132,22 @@ class Outbox:
     async def _pass(self, tg: asyncio.TaskGroup) -> None:
         now = self.clock().timestamp()
         async with self.store.tx() as conn:
-            rows = [dict(r) for r in (await conn.execute(
-                select(notifications)
-                .where(and_(notifications.c.state == "pending",
-                            notifications.c.next_attempt_at <= now))
-                .order_by(notifications.c.id).limit(BATCH)
-            )).mappings()]
+            rows = [
+                dict(r)
+                for r in (
+                    await conn.execute(
+                        select(notifications)
+                        .where(
+                            and_(
+                                notifications.c.state == "pending",
+                                notifications.c.next_attempt_at <= now,
+                            )
+                        )
+                        .order_by(notifications.c.id)
+                        .limit(BATCH)
+                    )
+                ).mappings()
+            ]
         calls_seen: set[str] = set()
         for r in rows:
             if r["id"] in self._in_flight:
@@ -156,8 +170,13 @@ class Outbox:
             for nid in ids:
                 res = await conn.execute(
                     update(notifications)
-                    .where(and_(notifications.c.id == nid, notifications.c.state == "pending",
-                                _ALARM_STILL_ESCALATING))
+                    .where(
+                        and_(
+                            notifications.c.id == nid,
+                            notifications.c.state == "pending",
+                            _ALARM_STILL_ESCALATING,
+                        )
+                    )
                     .values(state="sending", attempts=notifications.c.attempts + 1)
                 )
                 if res.rowcount == 1:
@@ -165,8 +184,7 @@ class Outbox:
                 else:
                     await conn.execute(
                         update(notifications)
-                        .where(and_(notifications.c.id == nid,
-                                    notifications.c.state == "pending"))
+                        .where(and_(notifications.c.id == nid, notifications.c.state == "pending"))
                         .values(state="cancelled", error="alarm no longer escalating")
                     )
         return got
@@ -174,20 +192,35 @@ class Outbox:
     async def _maybe_call(self, tg: asyncio.TaskGroup, phone: str, now: float) -> None:
         ok_at = self._call_ok_at.get(phone, 0.0)
         async with self.store.tx() as conn:
-            rows = [dict(r) for r in (await conn.execute(
-                select(notifications)
-                .where(and_(notifications.c.state == "pending", notifications.c.channel == "call",
-                            notifications.c.phone == phone, notifications.c.next_attempt_at <= now))
-                .order_by(notifications.c.id)
-            )).mappings()]
+            rows = [
+                dict(r)
+                for r in (
+                    await conn.execute(
+                        select(notifications)
+                        .where(
+                            and_(
+                                notifications.c.state == "pending",
+                                notifications.c.channel == "call",
+                                notifications.c.phone == phone,
+                                notifications.c.next_attempt_at <= now,
+                            )
+                        )
+                        .order_by(notifications.c.id)
+                    )
+                ).mappings()
+            ]
             if ok_at > now:
                 # paced: hold the call back; it will speak every alarm still open then
                 await conn.execute(
                     update(notifications)
-                    .where(and_(notifications.c.state == "pending",
-                                notifications.c.channel == "call",
-                                notifications.c.phone == phone,
-                                notifications.c.next_attempt_at < ok_at))
+                    .where(
+                        and_(
+                            notifications.c.state == "pending",
+                            notifications.c.channel == "call",
+                            notifications.c.phone == phone,
+                            notifications.c.next_attempt_at < ok_at,
+                        )
+                    )
                     .values(next_attempt_at=ok_at)
                 )
                 return
@@ -201,8 +234,13 @@ class Outbox:
 
     async def _send_sms(self, row: dict[str, Any]) -> None:
         async with self._sem:
-            await self._attempt([row], "sms", lambda: self.notifier.send_sms(
-                row["phone"], row["body"], status_callback=self.status_url))
+            await self._attempt(
+                [row],
+                "sms",
+                lambda: self.notifier.send_sms(
+                    row["phone"], row["body"], status_callback=self.status_url
+                ),
+            )
 
     async def _send_call(self, phone: str, group: list[dict[str, Any]]) -> None:
         lang = self.cfg.gateway.language
@@ -216,10 +254,18 @@ class Outbox:
         action = f"{self.cfg.http.public_url}/twilio/voice/{quote(alarm_ids[0] if alarm_ids else 'none')}"
         if len(alarm_ids) > 1:
             action += "?also=" + ",".join(quote(a) for a in alarm_ids[1:])
-        twiml = call_twiml(spoken, texts.VOICE_LANG[lang], action)
+        try:
+            twiml = call_twiml(spoken, texts.VOICE_LANG[lang], action)
+        except ValueError:
+            # too many alarms for one call's TwiML: speak the first one rather than
+            # nothing; the SMS carry every alarm anyway
+            twiml = call_twiml(spoken[:1], texts.VOICE_LANG[lang], action)
         async with self._sem:
-            await self._attempt(group, "call", lambda: self.notifier.place_call(
-                phone, twiml, status_callback=self.status_url))
+            await self._attempt(
+                group,
+                "call",
+                lambda: self.notifier.place_call(phone, twiml, status_callback=self.status_url),
+            )
 
     async def _attempt(self, rows: list[dict[str, Any]], channel: str, send: Any) -> None:
         ids = [r["id"] for r in rows]
@@ -235,7 +281,8 @@ class Outbox:
             error = TransportError(f"{type(exc).__name__}: {exc}", permanent=False)
         finally:
             self.metrics.notify_latency.labels(channel=channel).observe(
-                asyncio.get_running_loop().time() - t0)
+                asyncio.get_running_loop().time() - t0
+            )
         try:
             await self._record(rows, channel, result, error)
         finally:
@@ -243,7 +290,10 @@ class Outbox:
             self.wake()
 
     async def _record(
-        self, rows: list[dict[str, Any]], channel: str, result: SendResult | None,
+        self,
+        rows: list[dict[str, Any]],
+        channel: str,
+        result: SendResult | None,
         error: TransportError | None,
     ) -> None:
         now = self.clock().timestamp()
@@ -252,41 +302,92 @@ class Outbox:
             for r in rows:
                 attempts = int(r["attempts"]) + 1
                 if result is not None:
-                    await conn.execute(update(notifications).where(notifications.c.id == r["id"])
-                                       .values(state="sent", sid=result.sid, sent_at=now,
-                                               delivery_status=result.status, error=None))
-                    await q.add_audit(conn, now, "notification_sent", alarm=r["alarm"],
-                                      actor=r["person"], channel=channel, purpose=r["purpose"],
-                                      k=r["k"], to=r["phone"], sid=result.sid,
-                                      attempts=attempts, notification=r["id"])
+                    await conn.execute(
+                        update(notifications)
+                        .where(notifications.c.id == r["id"])
+                        .values(
+                            state="sent",
+                            sid=result.sid,
+                            sent_at=now,
+                            delivery_status=result.status,
+                            error=None,
+                        )
+                    )
+                    await q.add_audit(
+                        conn,
+                        now,
+                        "notification_sent",
+                        alarm=r["alarm"],
+                        actor=r["person"],
+                        channel=channel,
+                        purpose=r["purpose"],
+                        k=r["k"],
+                        to=r["phone"],
+                        sid=result.sid,
+                        attempts=attempts,
+                        notification=r["id"],
+                    )
                     continue
                 assert error is not None
                 gave_up = error.permanent or now - float(r["created_at"]) >= retry_for
                 if gave_up:
-                    await conn.execute(update(notifications).where(notifications.c.id == r["id"])
-                                       .values(state="failed", error=error.message[:500]))
-                    await q.add_audit(conn, now, "notification_failed", alarm=r["alarm"],
-                                      actor=r["person"], channel=channel, purpose=r["purpose"],
-                                      k=r["k"], to=r["phone"], error=error.message[:500],
-                                      status=error.status, code=error.code,
-                                      permanent=error.permanent, attempts=attempts,
-                                      notification=r["id"])
+                    await conn.execute(
+                        update(notifications)
+                        .where(notifications.c.id == r["id"])
+                        .values(state="failed", error=error.message[:500])
+                    )
+                    await q.add_audit(
+                        conn,
+                        now,
+                        "notification_failed",
+                        alarm=r["alarm"],
+                        actor=r["person"],
+                        channel=channel,
+                        purpose=r["purpose"],
+                        k=r["k"],
+                        to=r["phone"],
+                        error=error.message[:500],
+                        status=error.status,
+                        code=error.code,
+                        permanent=error.permanent,
+                        attempts=attempts,
+                        notification=r["id"],
+                    )
                 else:
                     delay = backoff_delay(attempts, rand=self.rand)
-                    await conn.execute(update(notifications).where(notifications.c.id == r["id"])
-                                       .values(state="pending", next_attempt_at=now + delay,
-                                               error=error.message[:500]))
-                    await q.add_audit(conn, now, "notification_retry", alarm=r["alarm"],
-                                      actor=r["person"], channel=channel, k=r["k"],
-                                      error=error.message[:500], status=error.status,
-                                      attempts=attempts, retry_in_s=round(delay, 3),
-                                      notification=r["id"])
+                    await conn.execute(
+                        update(notifications)
+                        .where(notifications.c.id == r["id"])
+                        .values(
+                            state="pending", next_attempt_at=now + delay, error=error.message[:500]
+                        )
+                    )
+                    await q.add_audit(
+                        conn,
+                        now,
+                        "notification_retry",
+                        alarm=r["alarm"],
+                        actor=r["person"],
+                        channel=channel,
+                        k=r["k"],
+                        error=error.message[:500],
+                        status=error.status,
+                        attempts=attempts,
+                        retry_in_s=round(delay, 3),
+                        notification=r["id"],
+                    )
         if result is not None:
             self.last_success = now
             self.failing_since = None
             self.metrics.notifications.labels(channel=channel, outcome="sent").inc(len(rows))
-            log.info("notification_sent", channel=channel, sid=result.sid,
-                     alarm=rows[0]["alarm"], purpose=rows[0]["purpose"], count=len(rows))
+            log.info(
+                "notification_sent",
+                channel=channel,
+                sid=result.sid,
+                alarm=rows[0]["alarm"],
+                purpose=rows[0]["purpose"],
+                count=len(rows),
+            )
         else:
             assert error is not None
             self.last_failure = now
@@ -294,12 +395,23 @@ class Outbox:
                 self.failing_since = now
             outcome = "failed" if error.permanent else "retry"
             self.metrics.notifications.labels(channel=channel, outcome=outcome).inc(len(rows))
-            log.error("notification_failed", channel=channel, alarm=rows[0]["alarm"],
-                      error=error.message[:200], permanent=error.permanent,
-                      status=error.status, code=error.code)
+            log.error(
+                "notification_failed",
+                channel=channel,
+                alarm=rows[0]["alarm"],
+                error=error.message[:200],
+                permanent=error.permanent,
+                status=error.status,
+                code=error.code,
+            )
 
     async def pending_count(self) -> int:
         async with self.store.tx() as conn:
-            n = (await conn.execute(select(func.count()).select_from(notifications)
-                                    .where(notifications.c.state == "pending"))).scalar_one()
+            n = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(notifications)
+                    .where(notifications.c.state == "pending")
+                )
+            ).scalar_one()
         return int(n)

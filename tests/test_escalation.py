@@ -247,6 +247,8 @@ def test_next_due_is_elapsed_time_across_fall_back() -> None:
 def test_naive_start_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         next_due(snap([0]), dt.datetime(2026, 9, 9, 12), 0)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        due_steps(snap([0]), dt.datetime(2026, 9, 9, 12), 0, WED_NIGHT)
 
 
 def test_due_steps_step_by_step() -> None:

@@ -272,7 +272,14 @@ def test_bad_field_door(payload: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     ("topic", "etype"),
-    [(DEV, "badge"), (DEV, "open"), (DEV, "reboot"), (DOOR, "sos"), (DOOR, "heartbeat"), (DOOR, "")],
+    [
+        (DEV, "badge"),
+        (DEV, "open"),
+        (DEV, "reboot"),
+        (DOOR, "sos"),
+        (DOOR, "heartbeat"),
+        (DOOR, ""),
+    ],
 )
 def test_unknown_type_for_the_topic(topic: str, etype: str) -> None:
     assert rejected(topic, {"id": "1", "type": etype, "badge": "b"}).reason == "unknown_type"
@@ -324,9 +331,7 @@ def test_arbitrary_bytes_only_ever_reject(raw: bytes, topic: str) -> None:
 
 
 @given(
-    obj=st.one_of(
-        json_values, st.dictionaries(known_keys, json_values, max_size=6), plausible
-    ),
+    obj=st.one_of(json_values, st.dictionaries(known_keys, json_values, max_size=6), plausible),
     topic=st.sampled_from([DEV, DOOR]),
 )
 @settings(max_examples=500)

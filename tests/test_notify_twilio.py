@@ -16,7 +16,7 @@ import pytest
 import structlog
 from twilio.request_validator import RequestValidator
 
-from jaa_gateway.notify import ConsoleNotifier, TransportError, make_notifier
+from jaa_gateway.notify import ConsoleNotifier, TransportError, make_notifier, start_notifier
 from jaa_gateway.notify.twilio import TwilioNotifier
 from jaa_gateway.notify.twiml import call_twiml
 from tests.support.cfg import config_dict, make_config
@@ -399,10 +399,13 @@ async def test_make_notifier_follows_the_driver(twilio_double: TwilioDouble) -> 
         "from_number": "+4722000000",
         "api_base": twilio_double.api_base,
     }
-    n = make_notifier(make_config(data))
+    n = await start_notifier(make_config(data))
     try:
         assert isinstance(n, TwilioNotifier)
         await n.send_sms(TO, "hei")
     finally:
         await n.aclose()
     assert len(twilio_double.sms) == 1
+    # config.py already refuses this; make_notifier must not rely on it.
+    with pytest.raises(ValueError, match=r"\[twilio\]"):
+        make_notifier(make_config(data).model_copy(update={"twilio": None}))

@@ -117,8 +117,11 @@ class HttpApi:
         async def handler(request: web.Request) -> web.StreamResponse:
             name = self._token_name(request)
             if name is None:
-                return _error(401, "unauthorized", "A valid 'Authorization: Bearer <token>' "
-                              "header is required.")
+                return _error(
+                    401,
+                    "unauthorized",
+                    "A valid 'Authorization: Bearer <token>' header is required.",
+                )
             return await fn(request, name)
 
         return handler
@@ -168,8 +171,13 @@ class HttpApi:
         problems.extend(self.health.extra())
         status = 503 if problems else 200
         return web.json_response(
-            {"status": "fail" if problems else "ok", "problems": problems,
-             "loop_lag_s": round(lag, 4)}, status=status)
+            {
+                "status": "fail" if problems else "ok",
+                "problems": problems,
+                "loop_lag_s": round(lag, 4),
+            },
+            status=status,
+        )
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.engine.metrics.registry)
@@ -180,11 +188,18 @@ class HttpApi:
     def _session_public(self, s: dict[str, Any]) -> dict[str, Any]:
         iso = self.engine.iso
         return {
-            "id": s["id"], "person": s["person"], "location": s["location"],
-            "device": s["device"], "door": s["door"], "assessment": s["assessment"],
+            "id": s["id"],
+            "person": s["person"],
+            "location": s["location"],
+            "device": s["device"],
+            "door": s["door"],
+            "assessment": s["assessment"],
             "started_at": iso(s["started_at"]),
-            "checkin_due_at": iso(s["checkin_due_at"]) if s["checkin_state"] == "waiting"
-            else iso(s["checkin_grace_until"]) if s["checkin_state"] == "due" else None,
+            "checkin_due_at": iso(s["checkin_due_at"])
+            if s["checkin_state"] == "waiting"
+            else iso(s["checkin_grace_until"])
+            if s["checkin_state"] == "due"
+            else None,
             "ends_at": iso(s["ends_at"]),
         }
 
@@ -195,8 +210,15 @@ class HttpApi:
 
     async def list_alarms(self, request: web.Request, who: str) -> web.Response:
         state = request.query.get("state")
-        valid = ("open", "prealarm", "escalating", "acknowledged", "resolved", "cancelled",
-                 "notice")
+        valid = (
+            "open",
+            "prealarm",
+            "escalating",
+            "acknowledged",
+            "resolved",
+            "cancelled",
+            "notice",
+        )
         if state is not None and state not in valid:
             return _error(400, "bad_state", f"state must be one of {', '.join(valid)}.")
         query = select(alarms).order_by(alarms.c.opened_at.desc()).limit(1000)
@@ -219,19 +241,34 @@ class HttpApi:
         body = self.engine.alarm_public(a)
         body["timeline"] = [self._audit_public(e) for e in tl]
         body["notifications"] = [
-            {"id": n["id"], "purpose": n["purpose"], "k": n["k"], "person": n["person"],
-             "channel": n["channel"], "state": n["state"], "attempts": n["attempts"],
-             "sid": n["sid"], "delivery_status": n["delivery_status"], "error": n["error"],
-             "created_at": self.engine.iso(n["created_at"]),
-             "sent_at": self.engine.iso(n["sent_at"])}
+            {
+                "id": n["id"],
+                "purpose": n["purpose"],
+                "k": n["k"],
+                "person": n["person"],
+                "channel": n["channel"],
+                "state": n["state"],
+                "attempts": n["attempts"],
+                "sid": n["sid"],
+                "delivery_status": n["delivery_status"],
+                "error": n["error"],
+                "created_at": self.engine.iso(n["created_at"]),
+                "sent_at": self.engine.iso(n["sent_at"]),
+            }
             for n in notes
         ]
         return web.json_response(body)
 
     def _audit_public(self, e: dict[str, Any]) -> dict[str, Any]:
-        return {"seq": e["seq"], "at": self.engine.iso(e["ts"]), "event": e["event"],
-                "actor": e["actor"], "alarm": e["alarm"], "session": e["session"],
-                "data": e["data"] or {}}
+        return {
+            "seq": e["seq"],
+            "at": self.engine.iso(e["ts"]),
+            "event": e["event"],
+            "actor": e["actor"],
+            "alarm": e["alarm"],
+            "session": e["session"],
+            "data": e["data"] or {},
+        }
 
     @staticmethod
     def _text_field(body: dict[str, Any], key: str, limit: int, required: bool = True) -> str:
@@ -288,21 +325,26 @@ class HttpApi:
                 f"{e['msg'].removeprefix('Value error, ')}"
                 for e in exc.errors()
             ]
-            return web.json_response({"error": "invalid_assessment",
-                                      "detail": "; ".join(reasons), "reasons": reasons},
-                                     status=400)
-        problems = [f"{k.removeprefix('assessment.')}: {why}"
-                    for k, why in check_assessment(self.cfg, a, "assessment")]
+            return web.json_response(
+                {"error": "invalid_assessment", "detail": "; ".join(reasons), "reasons": reasons},
+                status=400,
+            )
+        problems = [
+            f"{k.removeprefix('assessment.')}: {why}"
+            for k, why in check_assessment(self.cfg, a, "assessment")
+        ]
         if problems:
-            return web.json_response({"error": "invalid_assessment",
-                                      "detail": "; ".join(problems), "reasons": problems},
-                                     status=400)
+            return web.json_response(
+                {"error": "invalid_assessment", "detail": "; ".join(problems), "reasons": problems},
+                status=400,
+            )
         try:
             result = await self.engine.put_assessment(a, actor=who)
         except PermissionError as exc:
             return _error(409, "defined_in_config", str(exc))
-        return web.json_response(a.model_dump(mode="json"),
-                                 status=201 if result == "created" else 200)
+        return web.json_response(
+            a.model_dump(mode="json"), status=201 if result == "created" else 200
+        )
 
     async def audit(self, request: web.Request, who: str) -> web.Response:
         since_raw = request.query.get("since")
@@ -311,8 +353,12 @@ class HttpApi:
             try:
                 since = parse_rfc3339(since_raw)
             except ValueError:
-                return _error(400, "bad_since", "since must be an RFC 3339 time with an offset, "
-                              "e.g. 2026-11-26T08:00:00+01:00.")
+                return _error(
+                    400,
+                    "bad_since",
+                    "since must be an RFC 3339 time with an offset, "
+                    "e.g. 2026-11-26T08:00:00+01:00.",
+                )
             query = query.where(audit.c.ts >= since.timestamp())
         try:
             limit = int(request.query.get("limit", "1000"))
@@ -341,8 +387,14 @@ class HttpApi:
         body = params.get("Body", "")[:1600]
         person = self.cfg.person_by_phone(sender)
         async with self.engine.store.tx() as conn:
-            await q.add_audit(conn, time.time(), "sms_received", actor=person.id if person
-                              else sender, sid=sid, body=body[:200])
+            await q.add_audit(
+                conn,
+                time.time(),
+                "sms_received",
+                actor=person.id if person else sender,
+                sid=sid,
+                body=body[:200],
+            )
         if sid and await self._replayed(f"sms:{sid}"):
             return _xml(sms_reply(None))
         if person is None:
@@ -351,8 +403,11 @@ class HttpApi:
         if reply is None:
             return _xml(sms_reply(texts.ack_reply_error(lang, "not_understood")))
         async with self.engine.store.tx() as conn:
-            candidates = [a for a in await q.open_alarms(conn, ("prealarm", "escalating"))
-                          if await q.was_notified(conn, a["id"], person.id)]
+            candidates = [
+                a
+                for a in await q.open_alarms(conn, ("prealarm", "escalating"))
+                if await q.was_notified(conn, a["id"], person.id)
+            ]
         if reply.code is not None:
             chosen = [a for a in candidates if a["code"] == reply.code]
             if not chosen:
@@ -363,30 +418,41 @@ class HttpApi:
             if len(candidates) > 1:
                 return _xml(sms_reply(texts.ack_reply_error(lang, "ambiguous")))
             chosen = candidates
-        res = await self.engine.ack([chosen[0]["id"]], by=person.id, via="sms",
-                                    person_id=person.id)
+        res = await self.engine.ack([chosen[0]["id"]], by=person.id, via="sms", person_id=person.id)
         if not res.ok:
-            problem = "not_allowed" if res.error == "not_allowed" else "no_open_alarm"
+            problem: texts.AckProblem = (
+                "not_allowed" if res.error == "not_allowed" else "no_open_alarm"
+            )
             return _xml(sms_reply(texts.ack_reply_error(lang, problem)))
         a = res.alarms[0]
         worker = self.cfg.person(a["person"]) if a["person"] else None
-        return _xml(sms_reply(texts.ack_confirmation(lang, a["code"], a["kind"],
-                                                     worker.name if worker else None)))
+        return _xml(
+            sms_reply(
+                texts.ack_confirmation(lang, a["code"], a["kind"], worker.name if worker else None)
+            )
+        )
 
     async def twilio_voice(self, request: web.Request, params: dict[str, str]) -> web.Response:
         lang = self.cfg.gateway.language
         vlang = texts.VOICE_LANG[lang]
-        ids = [request.match_info["id"]] + [
-            x for x in request.query.get("also", "").split(",") if x][:20]
+        also = [x for x in request.query.get("also", "").split(",") if x][:20]
+        ids = [request.match_info["id"], *also]
         digits = params.get("Digits", "")
         callee = params.get("To", "")
         answered_by = params.get("AnsweredBy", "")
         call_sid = params.get("CallSid", "")
         person = self.cfg.person_by_phone(callee)
         async with self.engine.store.tx() as conn:
-            await q.add_audit(conn, time.time(), "voice_input", actor=person.id if person
-                              else callee, alarm=ids[0], digits=digits[:8], sid=call_sid,
-                              answered_by=answered_by or None)
+            await q.add_audit(
+                conn,
+                time.time(),
+                "voice_input",
+                actor=person.id if person else callee,
+                alarm=ids[0],
+                digits=digits[:8],
+                sid=call_sid,
+                answered_by=answered_by or None,
+            )
         if answered_by.startswith("machine") or answered_by == "fax":
             # voicemail never acknowledges
             return _xml(voice_reply(texts.ack_reply_error(lang, "not_allowed"), vlang))
@@ -395,12 +461,16 @@ class HttpApi:
         if digits != "1":
             async with self.engine.store.tx() as conn:
                 rows = [a for a in [await q.get_alarm(conn, i) for i in ids] if a is not None]
-            spoken = [texts.alarm_voice(lang, a["kind"],
-                                        (p.name if (p := self.cfg.person(a["person"] or ""))
-                                         else None),
-                                        (loc.name if (loc := self.cfg.location(a["location"]
-                                                                               or "")) else None))
-                      for a in rows if a["state"] in ("prealarm", "escalating")]
+            spoken = [
+                texts.alarm_voice(
+                    lang,
+                    a["kind"],
+                    (p.name if (p := self.cfg.person(a["person"] or "")) else None),
+                    (loc.name if (loc := self.cfg.location(a["location"] or "")) else None),
+                )
+                for a in rows
+                if a["state"] in ("prealarm", "escalating")
+            ]
             if not spoken:
                 return _xml(voice_reply(texts.ack_reply_error(lang, "no_open_alarm"), vlang))
             return _xml(voice_regather(spoken, vlang, self.cfg.http.public_url + request.path_qs))
@@ -408,8 +478,14 @@ class HttpApi:
             return _xml(voice_reply(texts.ack_voice_confirmation(lang), vlang))
         res = await self.engine.ack(ids, by=person.id, via="voice", person_id=person.id)
         if not res.ok and res.error != "already_acknowledged":
-            return _xml(voice_reply(texts.ack_reply_error(
-                lang, "not_allowed" if res.error == "not_allowed" else "no_open_alarm"), vlang))
+            return _xml(
+                voice_reply(
+                    texts.ack_reply_error(
+                        lang, "not_allowed" if res.error == "not_allowed" else "no_open_alarm"
+                    ),
+                    vlang,
+                )
+            )
         return _xml(voice_reply(texts.ack_voice_confirmation(lang), vlang))
 
     async def twilio_status(self, request: web.Request, params: dict[str, str]) -> web.Response:
@@ -418,14 +494,29 @@ class HttpApi:
         if not sid or not status or len(sid) > 64 or len(status) > 32:
             return _error(400, "bad_status", "MessageSid/CallSid and a status are required.")
         async with self.engine.store.tx() as conn:
-            rows = (await conn.execute(select(notifications.c.id, notifications.c.alarm)
-                                       .where(notifications.c.sid == sid))).all()
-            await conn.execute(update(notifications).where(and_(notifications.c.sid == sid))
-                               .values(delivery_status=status))
-            await q.add_audit(conn, time.time(), "delivery_status",
-                              alarm=rows[0][1] if rows else None, sid=sid, status=status,
-                              error_code=params.get("ErrorCode") or None,
-                              answered_by=params.get("AnsweredBy") or None, known=bool(rows))
+            rows = (
+                await conn.execute(
+                    select(notifications.c.id, notifications.c.alarm).where(
+                        notifications.c.sid == sid
+                    )
+                )
+            ).all()
+            await conn.execute(
+                update(notifications)
+                .where(and_(notifications.c.sid == sid))
+                .values(delivery_status=status)
+            )
+            await q.add_audit(
+                conn,
+                time.time(),
+                "delivery_status",
+                alarm=rows[0][1] if rows else None,
+                sid=sid,
+                status=status,
+                error_code=params.get("ErrorCode") or None,
+                answered_by=params.get("AnsweredBy") or None,
+                known=bool(rows),
+            )
         return web.Response(status=204)
 
 

@@ -206,16 +206,17 @@ class MqttEdge:
             while not self._stopping.is_set():
                 began = loop.time()
                 connected_once = False
+                # except*: a connection runs in a TaskGroup, which wraps what it raises.
                 try:
                     connected_once = await self._connection()
-                except aiomqtt.MqttError as exc:
+                except* aiomqtt.MqttError as group:
                     log.warning(
                         "mqtt_connect_failed",
                         host=self._section.host,
                         port=self._section.port,
-                        error=str(exc),
+                        error="; ".join(str(e) for e in group.exceptions),
                     )
-                except Exception:
+                except* Exception:
                     # Not an MQTT error (a TLS file that cannot be read, a bug): keep trying,
                     # a gateway that gives up on its broker protects nobody.
                     log.exception("mqtt_connection_error")

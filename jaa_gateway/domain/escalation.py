@@ -185,6 +185,7 @@ def due_steps(
     if cap < 1:
         raise ValueError(f"cap must be >= 1, got {cap}")
     require_aware(now)
+    require_aware(start, "start")
     elapsed = now.astimezone(dt.UTC) - start.astimezone(dt.UTC)
     out: list[PlannedStep] = []
     end = exhausted_after(snap)

@@ -21,6 +21,7 @@ __all__ = [
     "backoff_delay",
     "is_retryable",
     "make_notifier",
+    "start_notifier",
 ]
 
 
@@ -33,3 +34,13 @@ def make_notifier(config: Config, *, write: Callable[[str], None] | None = None)
     from jaa_gateway.notify.twilio import TwilioNotifier
 
     return TwilioNotifier(config.twilio)
+
+
+async def start_notifier(config: Config, *, write: Callable[[str], None] | None = None) -> Notifier:
+    """`make_notifier`, then (Twilio) build the HTTP client and load twilio's lazily imported
+    modules now, inside the running loop, so the first alarm SMS does not wait for them."""
+    notifier = make_notifier(config, write=write)
+    start = getattr(notifier, "start", None)
+    if start is not None:
+        await start()
+    return notifier

@@ -52,6 +52,9 @@ class ConsoleNotifier:
         self._write(f"CALL to {to} [{sid}]: \u00ab{said}\u00bb")
         return SendResult(sid=sid, status="queued")
 
+    async def start(self) -> None:
+        """Nothing to prepare; present so both transports start the same way."""
+
     async def aclose(self) -> None:
         self._closed = True
 

@@ -75,9 +75,7 @@ class Store:
     async def migrate(self) -> int:
         """Apply every migration not applied yet; return the schema version."""
         async with self.tx() as conn:
-            await conn.run_sync(
-                lambda c: schema.schema_migrations.create(c, checkfirst=True)
-            )
+            await conn.run_sync(lambda c: schema.schema_migrations.create(c, checkfirst=True))
             rows = await conn.execute(select(schema.schema_migrations.c.version))
             applied = {r[0] for r in rows}
             version = max(applied, default=0)

@@ -53,8 +53,19 @@ def free_port() -> int:
 class MosquittoBroker:
     """One mosquitto process; start/stop/kill/restart keep the same port and persistence."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        anonymous: bool = True,
+        extra_conf: str = "",
+        conf_text: str | None = None,
+    ) -> None:
+        """`conf_text` replaces the generated configuration (it must listen on `port`)."""
         self.workdir = workdir
+        self._anonymous = anonymous
+        self._conf_text = conf_text
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.host = HOST
@@ -66,6 +77,9 @@ class MosquittoBroker:
 
     def _write_conf(self) -> None:
         user = pwd.getpwuid(os.getuid()).pw_name
+        if self._conf_text is not None:
+            self.conf_path.write_text(f"user {user}\nlog_dest stdout\n{self._conf_text}\n")
+            return
         self.conf_path.write_text(
             "\n".join(
                 [
@@ -73,7 +87,7 @@ class MosquittoBroker:
                     # to the 'mosquitto' user and fail to write the tmp dir.
                     f"user {user}",
                     f"listener {self.port} {HOST}",
-                    "allow_anonymous true",
+                    f"allow_anonymous {'true' if self._anonymous else 'false'}",
                     "persistence true",
                     f"persistence_location {self.workdir}/",
                     "autosave_interval 1",
@@ -134,6 +148,15 @@ class MosquittoBroker:
         """SIGKILL: an unclean broker death (state since the last autosave is lost)."""
         self._end(signal.SIGKILL, 5.0)
 
+    def pause(self) -> None:
+        """SIGSTOP: the broker hangs with its sockets open (nothing acknowledged, no errors)."""
+        assert self._proc is not None and self.running
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
+
     def restart(self, down_for: float = 0.0) -> None:
         self.stop()
         if down_for:
@@ -145,6 +168,8 @@ class MosquittoBroker:
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(sig)
+        if sig != signal.SIGKILL:
+            proc.send_signal(signal.SIGCONT)  # a paused broker cannot act on SIGTERM
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -181,12 +206,23 @@ class Seen:
 class MqttProbe:
     """A test-side MQTT client: publish events, record everything on subscribed topics.
 
-    `async with MqttProbe(port) as probe:` connects (clean session, its own client id).
+    `async with MqttProbe(port) as probe:` connects (by default a clean session with its own
+    client id; a fixed id with clean_session=False keeps its subscriptions across restarts).
     """
 
-    def __init__(self, port: int, *, client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        client_id: str | None = None,
+        clean_session: bool = True,
+        **client_kwargs: Any,
+    ) -> None:
+        """`client_kwargs` go to aiomqtt.Client (username, password, tls_params ...)."""
         self.port = port
+        self._client_kwargs = client_kwargs
         self.client_id = client_id or f"probe-{os.getpid()}-{id(self):x}"
+        self.clean_session = clean_session
         self.seen: list[Seen] = []
         self._changed = asyncio.Condition()
         self._client: aiomqtt.Client | None = None
@@ -195,7 +231,12 @@ class MqttProbe:
 
     async def __aenter__(self) -> MqttProbe:
         self._client = aiomqtt.Client(
-            HOST, self.port, identifier=self.client_id, clean_session=True, timeout=5
+            HOST,
+            self.port,
+            identifier=self.client_id,
+            clean_session=self.clean_session,
+            timeout=5,
+            **self._client_kwargs,
         )
         await self._stack.enter_async_context(self._client)
         self._reader = asyncio.create_task(self._read(self._client), name="probe-reader")

@@ -44,64 +44,154 @@ def site_config(
     db_path: Path, broker_port: int, twilio: TwilioDouble | None, http_port: int | None = None
 ) -> dict[str, Any]:
     people = [
-        {"id": "ola", "name": "Ola Nordmann", "phone": PHONES["ola"], "badges": ["04A1B2C3"],
-         "roles": ["worker"], "supervisor": "kari", "hse_training_until": "2099-12-31"},
-        {"id": "kari", "name": "Kari Hansen", "phone": PHONES["kari"],
-         "roles": ["supervisor"], "hse_training_until": "2099-12-31"},
+        {
+            "id": "ola",
+            "name": "Ola Nordmann",
+            "phone": PHONES["ola"],
+            "badges": ["04A1B2C3"],
+            "roles": ["worker"],
+            "supervisor": "kari",
+            "hse_training_until": "2099-12-31",
+        },
+        {
+            "id": "kari",
+            "name": "Kari Hansen",
+            "phone": PHONES["kari"],
+            "roles": ["supervisor"],
+            "hse_training_until": "2099-12-31",
+        },
         {"id": "guard-1", "name": "Geir Vakt", "phone": PHONES["guard-1"], "roles": ["guard"]},
         {"id": "guard-2", "name": "Guro Vakt", "phone": PHONES["guard-2"], "roles": ["guard"]},
-        {"id": "head-security", "name": "Hanne Sjef", "phone": PHONES["head-security"],
-         "roles": ["head", "guard"]},
-        {"id": "per", "name": "Per Student", "phone": PHONES["per"], "badges": ["0BADBEEF"],
-         "roles": ["worker"], "supervisor": "kari", "hse_training_until": "2099-12-31"},
-        {"id": "nils", "name": "Nils Nyansatt", "phone": PHONES["nils"], "badges": ["0C0FFEE0"],
-         "roles": ["worker"], "supervisor": "kari"},
+        {
+            "id": "head-security",
+            "name": "Hanne Sjef",
+            "phone": PHONES["head-security"],
+            "roles": ["head", "guard"],
+        },
+        {
+            "id": "per",
+            "name": "Per Student",
+            "phone": PHONES["per"],
+            "badges": ["0BADBEEF"],
+            "roles": ["worker"],
+            "supervisor": "kari",
+            "hse_training_until": "2099-12-31",
+        },
+        {
+            "id": "nils",
+            "name": "Nils Nyansatt",
+            "phone": PHONES["nils"],
+            "badges": ["0C0FFEE0"],
+            "roles": ["worker"],
+            "supervisor": "kari",
+        },
     ]
     cfg: dict[str, Any] = {
-        "gateway": {"site": "testsite", "timezone": "Europe/Oslo",
-                    "database": f"sqlite:///{db_path}", "language": "nb",
-                    "default_escalation": "guards"},
-        "mqtt": {"host": "127.0.0.1", "port": broker_port,
-                 "client_id": f"jaa-gw-test-{os.getpid()}-{broker_port}", "topic_prefix": "jaa"},
-        "http": {"listen": f"127.0.0.1:{http_port or free_port()}", "public_url": PUBLIC_URL,
-                 "api_tokens": {"facility": TOKEN}},
+        "gateway": {
+            "site": "testsite",
+            "timezone": "Europe/Oslo",
+            "database": f"sqlite:///{db_path}",
+            "language": "nb",
+            "default_escalation": "guards",
+        },
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": broker_port,
+            "client_id": f"jaa-gw-test-{os.getpid()}-{broker_port}",
+            "topic_prefix": "jaa",
+        },
+        "http": {
+            "listen": f"127.0.0.1:{http_port or free_port()}",
+            "public_url": PUBLIC_URL,
+            "api_tokens": {"facility": TOKEN},
+        },
         "notify": {"driver": "twilio" if twilio else "console", "call_spacing": "1s"},
-        "timing": {"prealarm_window": "1s", "checkin_grace": "1s", "overrun_grace": "1s",
-                   "device_timeout": "30s"},
+        "timing": {
+            "prealarm_window": "1s",
+            "checkin_grace": "1s",
+            "overrun_grace": "1s",
+            "device_timeout": "30s",
+        },
         "people": people,
-        "devices": [{"id": "jaa-0042", "person": "ola"}, {"id": "jaa-0043", "person": "per"},
-                    {"id": "jaa-0044", "person": "nils"}],
-        "locations": [
-            {"id": "d1-123", "name": "Realfagbygget D1-123", "kind": "lab",
-             "doors": ["door-d1-123"], "escalation": "guards",
-             "after_hours": {"start": "00:00", "end": "00:00"}},
-            {"id": "w-1", "name": "Verkstedet", "kind": "workshop", "doors": ["door-w-1"],
-             "escalation": "guards"},
+        "devices": [
+            {"id": "jaa-0042", "person": "ola"},
+            {"id": "jaa-0043", "person": "per"},
+            {"id": "jaa-0044", "person": "nils"},
         ],
-        "rosters": [{"id": "desk", "shifts": [
-            {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "00:00",
-             "end": "00:00", "people": ["guard-1"]}]}],
-        "escalation_chains": [{
-            "id": "guards", "repeat": 0, "repeat_after": "1s", "keep_paging": "0",
-            "steps": [
-                {"after": "0s", "notify": ["roster:desk"], "via": ["sms", "call"]},
-                {"after": "2s", "notify": ["person:guard-2", "supervisor"], "via": ["sms"]},
-                {"after": "4s", "notify": ["person:head-security"], "via": ["sms"]},
-            ]}],
-        "assessments": [{
-            "id": "RA-1", "person": "ola", "locations": ["d1-123"],
-            "activity": "Titration with concentrated acids", "acute_injury_risk": True,
-            "lone_work_allowed": True, "requires_jaa": True, "checkin_interval": "30m",
-            "max_duration": "4h", "valid_from": "2020-01-01", "valid_until": "2099-12-31",
-            "approved_by": "kari"}],
+        "locations": [
+            {
+                "id": "d1-123",
+                "name": "Realfagbygget D1-123",
+                "kind": "lab",
+                "doors": ["door-d1-123"],
+                "escalation": "guards",
+                "after_hours": {"start": "00:00", "end": "00:00"},
+            },
+            {
+                "id": "w-1",
+                "name": "Verkstedet",
+                "kind": "workshop",
+                "doors": ["door-w-1"],
+                "escalation": "guards",
+            },
+        ],
+        "rosters": [
+            {
+                "id": "desk",
+                "shifts": [
+                    {
+                        "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                        "start": "00:00",
+                        "end": "00:00",
+                        "people": ["guard-1"],
+                    }
+                ],
+            }
+        ],
+        "escalation_chains": [
+            {
+                "id": "guards",
+                "repeat": 0,
+                "repeat_after": "1s",
+                "keep_paging": "0",
+                "steps": [
+                    {"after": "0s", "notify": ["roster:desk"], "via": ["sms", "call"]},
+                    {"after": "2s", "notify": ["person:guard-2", "supervisor"], "via": ["sms"]},
+                    {"after": "4s", "notify": ["person:head-security"], "via": ["sms"]},
+                ],
+            }
+        ],
+        "assessments": [
+            {
+                "id": "RA-1",
+                "person": "ola",
+                "locations": ["d1-123"],
+                "activity": "Titration with concentrated acids",
+                "acute_injury_risk": True,
+                "lone_work_allowed": True,
+                "requires_jaa": True,
+                "checkin_interval": "30m",
+                "max_duration": "4h",
+                "valid_from": "2020-01-01",
+                "valid_until": "2099-12-31",
+                "approved_by": "kari",
+            }
+        ],
     }
     if twilio is not None:
-        cfg["twilio"] = {"account_sid": twilio.account_sid, "auth_token": twilio.auth_token,
-                         "from_number": "+4722334455", "api_base": twilio.api_base,
-                         "request_timeout": "2s"}
+        cfg["twilio"] = {
+            "account_sid": twilio.account_sid,
+            "auth_token": twilio.auth_token,
+            "from_number": "+4722334455",
+            "api_base": twilio.api_base,
+            "request_timeout": "2s",
+        }
     else:
-        cfg["twilio"] = {"account_sid": "AC" + "0" * 32, "auth_token": "console-token",
-                         "from_number": "+4722334455"}
+        cfg["twilio"] = {
+            "account_sid": "AC" + "0" * 32,
+            "auth_token": "console-token",
+            "from_number": "+4722334455",
+        }
     return cfg
 
 
@@ -145,23 +235,28 @@ class Client:
     async def close(self) -> None:
         await self.session.close()
 
-    async def api(self, method: str, path: str, body: Any = None,
-                  token: str | None = TOKEN) -> tuple[int, Any]:
+    async def api(
+        self, method: str, path: str, body: Any = None, token: str | None = TOKEN
+    ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self.session.request(method, self.base + path, json=body,
-                                        headers=headers) as r:
+        async with self.session.request(method, self.base + path, json=body, headers=headers) as r:
             text = await r.text()
             try:
                 return r.status, json.loads(text) if text else None
             except json.JSONDecodeError:
                 return r.status, text
 
-    async def webhook(self, path: str, params: dict[str, str], *,
-                      signature: str | None = None) -> tuple[int, str]:
-        sig = signature if signature is not None else sign_webhook(
-            self.auth_token, PUBLIC_URL + path, params)
-        async with self.session.post(self.base + path, data=params,
-                                     headers={"X-Twilio-Signature": sig}) as r:
+    async def webhook(
+        self, path: str, params: dict[str, str], *, signature: str | None = None
+    ) -> tuple[int, str]:
+        sig = (
+            signature
+            if signature is not None
+            else sign_webhook(self.auth_token, PUBLIC_URL + path, params)
+        )
+        async with self.session.post(
+            self.base + path, data=params, headers={"X-Twilio-Signature": sig}
+        ) as r:
             return r.status, await r.text()
 
 
@@ -170,15 +265,18 @@ class InProcessGateway:
         self.cfg = cfg
         self.app: App | None = None
         self._task: asyncio.Task[None] | None = None
-        self.client = Client(f"http://{cfg.http.listen}",
-                             cfg.twilio.auth_token.get_secret_value() if cfg.twilio else "")
+        self.client = Client(
+            f"http://{cfg.http.listen}",
+            cfg.twilio.auth_token.get_secret_value() if cfg.twilio else "",
+        )
 
     async def start(self, timeout: float = 10.0) -> App:
         self.app = App(self.cfg)
         self._task = asyncio.create_task(self.app.run(), name="gateway-under-test")
         ready = asyncio.create_task(self.app.ready.wait())
-        done, _ = await asyncio.wait({ready, self._task}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {ready, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if self._task in done:
             ready.cancel()
             self._task.result()
@@ -224,7 +322,9 @@ class GatewayProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jaa_gateway.cli", "run", "--config", str(self.path)],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     async def wait_ready(self, timeout: float = 15.0) -> float:
         """Wait until /healthz says 200; returns the seconds it took."""

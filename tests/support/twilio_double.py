@@ -173,7 +173,7 @@ class TwilioDouble:
     async def wait_for(
         self,
         count_or_predicate: int | Callable[[TwilioDouble], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
     ) -> list[Recorded]:
         """Wait until ``count`` requests were accepted, or until ``predicate(double)`` holds.
 
