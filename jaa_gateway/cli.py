@@ -7,9 +7,12 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jaa_gateway.config import ConfigError, load_config, summary
+
+if TYPE_CHECKING:
+    from jaa_gateway.demo.simulator import Kind
 
 DEVICE_TYPES = (
     "heartbeat",
@@ -78,13 +81,15 @@ def _broker_of(args: argparse.Namespace) -> tuple[str, int, str, str | None]:
     return host, port, prefix, args.tls_ca or tls_ca
 
 
-def _send(args: argparse.Namespace, kind: str, sender: str, fields: dict[str, Any]) -> int:
+def _send(args: argparse.Namespace, kind: Kind, sender: str, fields: dict[str, Any]) -> int:
+    import datetime as dt
+
     import aiomqtt
 
     from jaa_gateway.adapters.events import Rejected
-    from jaa_gateway.demo.simulator import new_event_id, send_and_listen
+    from jaa_gateway.demo.simulator import build_event, cmd_topic, new_event_id, send_and_listen
 
-    if args.wait < 0 or args.wait > 3600:
+    if not 0 <= args.wait <= 3600:
         print("error: --wait must be between 0 and 3600 seconds", file=sys.stderr)
         return 2
     try:
@@ -93,6 +98,23 @@ def _send(args: argparse.Namespace, kind: str, sender: str, fields: dict[str, An
         for line in exc.problems:
             print(line, file=sys.stderr)
         return 1
+    try:
+        # checked with the gateway's own parser: what it would drop is never sent
+        topic, payload = build_event(
+            prefix,
+            kind,
+            sender,
+            args.type,
+            fields,
+            event_id=args.id or new_event_id(kind),
+            now=dt.datetime.now(dt.UTC),
+        )
+    except Rejected as exc:
+        print(
+            f"error: the gateway would reject this event ({exc.reason}): {exc.detail}",
+            file=sys.stderr,
+        )
+        return 2
 
     def write(line: str) -> None:
         print(line, flush=True)
@@ -102,12 +124,9 @@ def _send(args: argparse.Namespace, kind: str, sender: str, fields: dict[str, An
             send_and_listen(
                 host=host,
                 port=port,
-                prefix=prefix,
-                kind="device" if kind == "device" else "door",
-                sender=sender,
-                etype=args.type,
-                fields=fields,
-                event_id=args.id or new_event_id(kind),
+                topic=topic,
+                payload=payload,
+                answers=cmd_topic(prefix, kind, sender),
                 wait=args.wait,
                 username=args.username,
                 password=os.environ.get(PASSWORD_ENV) or None,
@@ -115,13 +134,6 @@ def _send(args: argparse.Namespace, kind: str, sender: str, fields: dict[str, An
                 write=write,
             )
         )
-    except Rejected as exc:
-        # nothing was sent: the gateway would have dropped it
-        print(
-            f"error: the gateway would reject this event ({exc.reason}): {exc.detail}",
-            file=sys.stderr,
-        )
-        return 2
     except aiomqtt.MqttError as exc:
         print(f"error: MQTT broker {host}:{port}: {exc}", file=sys.stderr)
         return 1

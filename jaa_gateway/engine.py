@@ -447,6 +447,20 @@ class Engine(AlarmOps):
             active = await q.active_session_of(tx.conn, person.id)
             if active is not None:
                 if active["location"] == location_id:
+                    if active["device"] is None and device_id is not None:
+                        # badged in with the JAA off, now started from it: monitor the device
+                        # from here on (check-in requests had nowhere to go until now)
+                        active = dict(active) | {"device": device_id}
+                        await q.update_session(tx.conn, active["id"], device=device_id)
+                        await q.add_audit(
+                            tx.conn,
+                            tx.ts,
+                            "session_device_attached",
+                            actor=person.id,
+                            session=active["id"],
+                            device=device_id,
+                        )
+                        self._session_timers(tx, active)
                     msg = self.session_started_msg(active) | {"re": event_id}
                     self.to_device(tx, device_id or active["device"], msg)
                     if door_id:
@@ -609,6 +623,11 @@ class Engine(AlarmOps):
             await q.add_audit(
                 tx.conn, tx.ts, "session_end_ignored", actor=person.id, reason="no active session"
             )
+            # answered all the same: a reader or device that repeats until answered must stop
+            nothing = {"type": "session_ended", "session": None, "re": event_id}
+            self.to_device(tx, device_id, nothing)
+            if door_id:
+                tx.publish(self.door_topic(door_id), nothing)
             return None
         await self.end_session(tx, s, reason=reason, actor=person.id)
         msg = {"type": "session_ended", "session": s["id"], "re": event_id}

@@ -251,7 +251,8 @@ class Outbox:
                 spoken.append(r["body"])
             if r["alarm"] and r["alarm"] not in alarm_ids:
                 alarm_ids.append(r["alarm"])
-        action = f"{self.cfg.http.public_url}/twilio/voice/{quote(alarm_ids[0] if alarm_ids else 'none')}"
+        first = quote(alarm_ids[0] if alarm_ids else "none")
+        action = f"{self.cfg.http.public_url}/twilio/voice/{first}"
         if len(alarm_ids) > 1:
             action += "?also=" + ",".join(quote(a) for a in alarm_ids[1:])
         try:

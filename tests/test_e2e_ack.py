@@ -13,9 +13,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from jaa_gateway.domain import texts
+from jaa_gateway.timeutil import parse_rfc3339
 from tests.support.broker import MosquittoBroker, MqttProbe
 from tests.support.gateway import PHONES, InProcessGateway
-from tests.support.twilio_double import TwilioDouble
+from tests.support.twilio_double import TwilioDouble, sign_webhook
 from tests.test_e2e_alarms import (
     alarm_topic,
     eventually,
@@ -29,9 +31,6 @@ from tests.test_e2e_alarms import (
     to,
     wait_cmd,
 )
-
-from jaa_gateway.domain import texts
-from jaa_gateway.timeutil import parse_rfc3339
 
 TWILIO_NUMBER = "+4722334455"
 
@@ -193,9 +192,7 @@ async def test_ack_by_voice_and_voicemail_never_acks(
         g1 = PHONES["guard-1"]
         # an answering machine "pressing" 1 (or its beep decoded as a digit) acknowledges nothing
         for machine in ("machine_start", "machine_end_beep"):
-            status, twiml = await gw.client.webhook(
-                path, voice_params(g1, "1", AnsweredBy=machine)
-            )
+            status, twiml = await gw.client.webhook(path, voice_params(g1, "1", AnsweredBy=machine))
             assert status == 200 and "Gather" not in twiml
         await assert_untouched(gw, alarm_id)
         # no digit: the message again, inside a Gather
@@ -205,9 +202,7 @@ async def test_ack_by_voice_and_voicemail_never_acks(
         status, twiml = await gw.client.webhook(path, voice_params(g1, "7"))
         assert status == 200 and "<Gather" in twiml
         await assert_untouched(gw, alarm_id)
-        status, twiml = await gw.client.webhook(
-            path, voice_params(g1, "1", AnsweredBy="human")
-        )
+        status, twiml = await gw.client.webhook(path, voice_params(g1, "1", AnsweredBy="human"))
         assert status == 200
         assert said(twiml) == [texts.ack_voice_confirmation("nb")]
         ack = await wait_cmd(p, "jaa-0042", "alarm_acknowledged")
@@ -233,7 +228,9 @@ async def test_ack_by_api_and_resolve_rules(
         assert status == 404
         await assert_untouched(gw, alarm_id)
         status, body = await gw.client.api("POST", base + "/ack", {"by": "kari"})
-        assert status == 200 and body["state"] == "acknowledged" and body["acknowledged_by"] == "kari"
+        assert (
+            status == 200 and body["state"] == "acknowledged" and body["acknowledged_by"] == "kari"
+        )
         t_ack = time.monotonic()
         assert (await wait_cmd(p, "jaa-0042", "alarm_acknowledged"))["by"] == "kari"
         status, err = await gw.client.api("POST", base + "/ack", {"by": "guard-1"})
@@ -260,12 +257,16 @@ async def test_forged_signature_is_403_and_changes_nothing(
             status, _ = await gw.client.webhook("/twilio/sms", params, signature=sig)
             assert status == 403
         # signed for other parameters, or for another URL
-        from tests.support.twilio_double import sign_webhook
-
-        other = sign_webhook(twilio_double.auth_token, "https://jaa.example.test/twilio/sms", params | {"Body": "OK 0000"})
+        other = sign_webhook(
+            twilio_double.auth_token,
+            "https://jaa.example.test/twilio/sms",
+            params | {"Body": "OK 0000"},
+        )
         status, _ = await gw.client.webhook("/twilio/sms", params, signature=other)
         assert status == 403
-        wrong_url = sign_webhook(twilio_double.auth_token, "http://jaa.example.test/twilio/sms", params)
+        wrong_url = sign_webhook(
+            twilio_double.auth_token, "http://jaa.example.test/twilio/sms", params
+        )
         status, _ = await gw.client.webhook("/twilio/sms", params, signature=wrong_url)
         assert status == 403
         status, _ = await gw.client.webhook(
@@ -312,7 +313,7 @@ async def test_replayed_sms_webhook_acts_once(
     tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble
 ) -> None:
     async with site(tmp_path, mosquitto, twilio_double) as (gw, p, _):
-        first, code, _ = await sos_notified(gw, p, twilio_double, "jaa-0042")
+        first, _, _ = await sos_notified(gw, p, twilio_double, "jaa-0042")
         sid = "SM" + "ab" * 16
         reply = await sms(gw, "guard-1", "OK", sid=sid)
         assert reply is not None and reply.startswith("Kvittert")
@@ -344,6 +345,58 @@ async def test_unknown_code_is_explained_and_changes_nothing(
 # --------------------------------------------------------------------------- the race
 
 
+def _race_chain(step_after: float) -> Any:
+    def patch(cfg: dict[str, Any]) -> None:
+        cfg["escalation_chains"][0]["steps"] = [
+            {"after": "0s", "notify": ["roster:desk"], "via": ["sms"]},
+            {"after": f"{step_after}s", "notify": ["person:guard-2"], "via": ["sms"]},
+        ]
+
+    return patch
+
+
+def _step_requests(twilio: TwilioDouble, code: str) -> list[Any]:
+    return [
+        r for r in twilio.attempts if r.to == PHONES["guard-2"] and f"OK {code}" in (r.body or "")
+    ]
+
+
+async def test_ack_right_after_the_step_is_stored_stops_its_notifications(
+    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble
+) -> None:
+    """The worst case, made deterministic in-process: the step's outbox rows are committed and
+    the ack runs next, before the sender has had a turn. Nothing of that step may be sent."""
+    step_after = 0.3
+    async with site(tmp_path, mosquitto, twilio_double, _race_chain(step_after)) as (gw, p, _):
+        assert gw.app is not None
+        engine, deadlines = gw.app.engine, gw.app.deadlines
+        for _ in range(3):
+            alarm_id, _ = await raise_sos(p, "jaa-0042")
+            # this test fires the step itself, at the moment it chooses
+            deadlines.discard(("alarm", alarm_id))
+
+            async def step0_sent(aid: str = alarm_id) -> bool:
+                a = await get_alarm(gw, aid)
+                return bool(a["notifications"]) and all(
+                    n["state"] == "sent" for n in a["notifications"]
+                )
+
+            await eventually(step0_sent)
+            a = await get_alarm(gw, alarm_id)
+            due = parse_rfc3339(a["escalation_started_at"]).timestamp() + step_after
+            await asyncio.sleep(max(0.0, due + 0.02 - time.time()))
+            await engine.on_deadline(("alarm", alarm_id), due)
+            res = await engine.ack([alarm_id], by="guard-1", via="api:race", person_id=None)
+            assert res.ok, res
+            await asyncio.sleep(0.4)
+            a = await get_alarm(gw, alarm_id)
+            step1 = [n for n in a["notifications"] if n["k"] == 1]
+            assert step1, "the step did not run: the test would prove nothing"
+            assert [n["state"] for n in step1] == ["cancelled"], step1
+            assert _step_requests(twilio_double, a["code"]) == []
+            assert [e["data"]["k"] for e in timeline(a, "escalation_step")] == [0, 1]
+
+
 async def test_no_step_starts_after_the_ack_even_when_due_in_the_same_instant(
     tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble
 ) -> None:
@@ -354,18 +407,11 @@ async def test_no_step_starts_after_the_ack_even_when_due_in_the_same_instant(
     step-1 SMS may reach Twilio after the ack is stored.
     """
     step_after = 0.3
-
-    def patch(cfg: dict[str, Any]) -> None:
-        cfg["escalation_chains"][0]["steps"] = [
-            {"after": "0s", "notify": ["roster:desk"], "via": ["sms"]},
-            {"after": f"{step_after}s", "notify": ["person:guard-2"], "via": ["sms"]},
-        ]
-
-    async with site(tmp_path, mosquitto, twilio_double, patch) as (gw, p, _):
+    async with site(tmp_path, mosquitto, twilio_double, _race_chain(step_after)) as (gw, p, _):
         assert gw.app is not None
         engine = gw.app.engine
         mono_to_epoch = time.time() - time.monotonic()
-        n = 12
+        n = 10
         orders = {"ack_first": 0, "step_first": 0}
         for i in range(n):
             skew = -0.012 + 0.024 * i / (n - 1)
@@ -385,12 +431,7 @@ async def test_no_step_starts_after_the_ack_even_when_due_in_the_same_instant(
             step1 = [x for x in a["notifications"] if x["k"] == 1]
             assert all(x["state"] in ("sent", "cancelled") for x in step1), step1
             orders["step_first" if step1 else "ack_first"] += 1
-            code = a["code"]
-            arrived = [
-                r
-                for r in twilio_double.attempts
-                if r.to == PHONES["guard-2"] and f"OK {code}" in (r.body or "")
-            ]
+            arrived = _step_requests(twilio_double, a["code"])
             # every request that reached Twilio was claimed (sent), never a cancelled row
             assert len(arrived) == len([x for x in step1 if x["state"] == "sent"]), (
                 arrived,
@@ -402,3 +443,38 @@ async def test_no_step_starts_after_the_ack_even_when_due_in_the_same_instant(
                 assert late < 0.2, f"step 1 reached Twilio {late:.3f} s after the ack"
         print(f"\nack/step race over {n} rounds: {orders}")
         assert sum(orders.values()) == n
+
+
+# --------------------------------------------------------------------------- delivery status
+
+
+async def test_status_callback_is_recorded_in_the_audit(
+    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble
+) -> None:
+    async with site(tmp_path, mosquitto, twilio_double) as (gw, p, _):
+        alarm_id, _, _ = await sos_notified(gw, p, twilio_double)
+        sent = to(twilio_double, "guard-1", "sms")[0]
+
+        async def stored() -> bool:
+            a = await get_alarm(gw, alarm_id)
+            return any(n["sid"] == sent.sid for n in a["notifications"])
+
+        await eventually(stored, timeout=3)  # Twilio's callback comes after its API answer
+        assert sent.status_callback == "https://jaa.example.test/twilio/status"
+        params = {"MessageSid": sent.sid or "", "MessageStatus": "delivered", "ErrorCode": ""}
+        status, _ = await gw.client.webhook("/twilio/status", params, signature="forged")
+        assert status == 403
+        status, _ = await gw.client.webhook("/twilio/status", params)
+        assert status == 204
+
+        async def recorded() -> bool:
+            a = await get_alarm(gw, alarm_id)
+            rows = [n for n in a["notifications"] if n["sid"] == sent.sid]
+            return rows[0]["delivery_status"] == "delivered"
+
+        await eventually(recorded, timeout=3)
+        a = await get_alarm(gw, alarm_id)
+        statuses = timeline(a, "delivery_status")
+        assert [(e["data"]["sid"], e["data"]["status"]) for e in statuses] == [
+            (sent.sid, "delivered")
+        ]

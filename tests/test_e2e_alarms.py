@@ -16,13 +16,18 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
-
-from tests.support.broker import MosquittoBroker, MqttProbe, Seen, probe
-from tests.support.gateway import PHONES, InProcessGateway, running_gateway, site_config
-from tests.support.twilio_double import Recorded, TwilioDouble
+from typing import Any, Protocol
 
 from jaa_gateway.domain import texts
+from tests.support.broker import MosquittoBroker, MqttProbe, Seen, probe
+from tests.support.gateway import (
+    PHONES,
+    Client,
+    InProcessGateway,
+    running_gateway,
+    site_config,
+)
+from tests.support.twilio_double import Recorded, TwilioDouble
 
 # Early is a bug at any size (a step must never go out before its time); late is allowed up to
 # the contract's tolerance for timing tests.
@@ -53,7 +58,7 @@ async def wait_cmd(
     device: str,
     type_: str,
     pred: Callable[[dict[str, Any]], bool] = lambda _: True,
-    timeout: float = 5.0,  # noqa: ASYNC109
+    timeout: float = 5.0,
     since: int = 0,
 ) -> dict[str, Any]:
     seen = await p.wait_message(
@@ -85,18 +90,12 @@ async def start_session(
     p: MqttProbe, device: str = "jaa-0042", location: str = "d1-123"
 ) -> dict[str, Any]:
     eid = new_id("start")
-    await p.publish(
-        event_topic(device), {"id": eid, "type": "session_start", "location": location}
-    )
-    started = await wait_cmd(
-        p, device, "session_started", lambda m: m.get("re") == eid, timeout=5
-    )
+    await p.publish(event_topic(device), {"id": eid, "type": "session_start", "location": location})
+    started = await wait_cmd(p, device, "session_started", lambda m: m.get("re") == eid, timeout=5)
     return started
 
 
-async def raise_sos(
-    p: MqttProbe, device: str = "jaa-0042", **fields: Any
-) -> tuple[str, float]:
+async def raise_sos(p: MqttProbe, device: str = "jaa-0042", **fields: Any) -> tuple[str, float]:
     """Publish an sos; returns (alarm id, monotonic instant just before the publish)."""
     eid = new_id("sos")
     t0 = time.monotonic()
@@ -106,7 +105,11 @@ async def raise_sos(
     return str(raised["alarm"]), t0
 
 
-async def get_alarm(gw: InProcessGateway, alarm_id: str) -> dict[str, Any]:
+class HasClient(Protocol):
+    client: Client
+
+
+async def get_alarm(gw: HasClient, alarm_id: str) -> dict[str, Any]:
     status, body = await gw.client.api("GET", f"/api/alarms/{alarm_id}")
     assert status == 200, body
     assert isinstance(body, dict)
@@ -119,7 +122,7 @@ def timeline(alarm: dict[str, Any], event: str) -> list[dict[str, Any]]:
 
 async def eventually(
     check: Callable[[], Any],
-    timeout: float = 5.0,  # noqa: ASYNC109
+    timeout: float = 5.0,
     interval: float = 0.05,
 ) -> Any:
     """Poll an (async or sync) check until it returns something truthy."""
@@ -281,6 +284,7 @@ async def test_missed_checkin_then_alarm_and_checkin_in_time_raises_nothing(
         assert cmds(p, "jaa-0043", "checkin_due") == []
         assert cmds(p, "jaa-0043", "alarm_raised") == []
         status, body = await gw.client.api("GET", "/api/alarms?state=open")
+        assert status == 200
         assert [x["person"] for x in body["alarms"]] == ["ola"]
         assert s_per["session"] not in [x["session"] for x in body["alarms"]]
 
@@ -331,9 +335,7 @@ async def test_device_offline_raises_and_heartbeats_keep_it_quiet(
         async def per_heartbeats() -> None:
             for _ in range(8):
                 await asyncio.sleep(0.4)
-                await p.publish(
-                    event_topic("jaa-0043"), {"id": new_id("hb"), "type": "heartbeat"}
-                )
+                await p.publish(event_topic("jaa-0043"), {"id": new_id("hb"), "type": "heartbeat"})
 
         keeper = asyncio.create_task(per_heartbeats())
         raised = await wait_cmd(p, "jaa-0042", "alarm_raised", timeout=4)
@@ -347,6 +349,7 @@ async def test_device_offline_raises_and_heartbeats_keep_it_quiet(
         assert cmds(p, "jaa-0043", "alarm_raised") == []
         # one device_offline alarm per session, not one per timeout
         status, body = await gw.client.api("GET", "/api/alarms?state=open")
+        assert status == 200
         assert [x["kind"] for x in body["alarms"]] == ["device_offline"]
 
 
@@ -414,9 +417,7 @@ async def test_prealarm_cancelled_by_worker_calls_nobody(
         alarm_id = pre["alarm"]
         await p.wait_message(alarm_topic(alarm_id), lambda s: bool(s.payload))
         cid = new_id("cancel")
-        await p.publish(
-            event_topic("jaa-0042"), {"id": cid, "type": "cancel", "alarm": alarm_id}
-        )
+        await p.publish(event_topic("jaa-0042"), {"id": cid, "type": "cancel", "alarm": alarm_id})
         cancelled = await wait_cmd(p, "jaa-0042", "alarm_cancelled", lambda m: m.get("re") == cid)
         assert cancelled["alarm"] == alarm_id
         await p.wait_message(alarm_topic(alarm_id), lambda s: s.payload == b"")
@@ -429,9 +430,7 @@ async def test_prealarm_cancelled_by_worker_calls_nobody(
         assert a["notifications"] == []
         assert await retained_on(mosquitto.port, alarm_topic(alarm_id)) == []
         # a repeat of the cancel is answered again and changes nothing
-        await p.publish(
-            event_topic("jaa-0042"), {"id": cid, "type": "cancel", "alarm": alarm_id}
-        )
+        await p.publish(event_topic("jaa-0042"), {"id": cid, "type": "cancel", "alarm": alarm_id})
         await eventually(lambda: len(cmds(p, "jaa-0042", "alarm_cancelled")) == 2)
 
 
@@ -454,7 +453,9 @@ async def test_cancel_after_escalation_tells_the_notified_and_goes_on(
         answer = await wait_cmd(p, "jaa-0042", "alarm_raised", lambda m: m.get("re") == cid)
         assert answer["alarm"] == alarm_id
         a = await get_alarm(gw, alarm_id)
-        ok_text = texts.worker_ok_sms("nb", "sos", "Ola Nordmann", "Realfagbygget D1-123", a["code"])
+        ok_text = texts.worker_ok_sms(
+            "nb", "sos", "Ola Nordmann", "Realfagbygget D1-123", a["code"]
+        )
         await twilio_double.wait_for(lambda d: len(to(d, "guard-1", "sms")) == 2, timeout=3)
         assert to(twilio_double, "guard-1", "sms")[1].body == ok_text
         # the escalation goes on: step 1 at 2 s reaches guard-2 and kari with the alarm itself
@@ -556,14 +557,20 @@ async def test_twilio_failing_twice_then_succeeding_is_retried(
 ) -> None:
     async with site(tmp_path, mosquitto, twilio_double) as (gw, p, _):
         twilio_double.fail_next(2, 500)
-        alarm_id, t0 = await raise_sos(p)
+        alarm_id, _ = await raise_sos(p)
         await twilio_double.wait_for(
             lambda d: len(to(d, "guard-1", "sms")) == 1 and len(to(d, "guard-1", "call")) == 1,
             timeout=5,
         )
         failed = [r for r in twilio_double.attempts if r.http_status == 500]
         assert len(failed) == 2
-        a = await get_alarm(gw, alarm_id)
+
+        async def both_recorded() -> dict[str, Any] | None:
+            a = await get_alarm(gw, alarm_id)
+            done = [n["state"] for n in a["notifications"]] == ["sent", "sent"]
+            return a if done else None
+
+        a = await eventually(both_recorded, timeout=3)
         retries = timeline(a, "notification_retry")
         assert len(retries) == 2 and {e["data"]["status"] for e in retries} == {500}
         assert timeline(a, "notification_failed") == []
@@ -623,9 +630,10 @@ async def test_slow_twilio_does_not_delay_the_next_step(
         twilio_double.set_delay(3.0)
         alarm_id, t0 = await raise_sos(p)
         await twilio_double.wait_for(
-            lambda d: any(
-                r.to == PHONES["kari"] for r in d.attempts
-            ) and any(r.to == PHONES["guard-2"] for r in d.attempts),
+            lambda d: (
+                any(r.to == PHONES["kari"] for r in d.attempts)
+                and any(r.to == PHONES["guard-2"] for r in d.attempts)
+            ),
             timeout=4,
         )
         step1 = [r for r in twilio_double.attempts if r.to in (PHONES["kari"], PHONES["guard-2"])]
@@ -651,9 +659,7 @@ async def test_sos_to_sms_latency_median_of_20(
             eid = new_id("sos")
             t0 = time.monotonic()
             await p.publish(event_topic("jaa-0042"), {"id": eid, "type": "sos"})
-            await twilio_double.wait_for(
-                lambda d, n=n: len(to(d, "guard-1", "sms")) > n, timeout=3
-            )
+            await twilio_double.wait_for(lambda d, n=n: len(to(d, "guard-1", "sms")) > n, timeout=3)
             samples.append(to(twilio_double, "guard-1", "sms")[n].at - t0)
             raised = await wait_cmd(p, "jaa-0042", "alarm_raised", lambda m, e=eid: m["re"] == e)
             status, _ = await gw.client.api(
@@ -666,3 +672,35 @@ async def test_sos_to_sms_latency_median_of_20(
             f"min {min(samples) * 1000:.1f} ms, max {max(samples) * 1000:.1f} ms (n=20)"
         )
         assert med < 1.0
+
+
+# --------------------------------------------------------------------------- call pacing
+
+
+async def test_calls_to_one_number_are_paced_and_a_held_call_speaks_every_open_alarm(
+    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble
+) -> None:
+    # call_spacing is 1 s in site_config; SMS are never held back
+    async with site(tmp_path, mosquitto, twilio_double) as (gw, p, _):
+        t0 = time.monotonic()
+        ids = [(await raise_sos(p, dev))[0] for dev in ("jaa-0042", "jaa-0043", "jaa-0044")]
+        await twilio_double.wait_for(lambda d: len(to(d, "guard-1", "call")) == 2, timeout=4)
+        assert_on_time(to(twilio_double, "guard-1", "sms"), t0, 0.0, "sms, not paced")
+        assert len(to(twilio_double, "guard-1", "sms")) == 3
+        first, second = to(twilio_double, "guard-1", "call")
+        assert first.at - t0 <= LATE
+        assert second.at - first.at >= 1.0 - EARLY, "two calls to one number within 1 s"
+        assert second.at - first.at <= 1.0 + LATE
+        assert f"/twilio/voice/{ids[0]}" in (first.twiml or "")
+        # the held-back call speaks both alarms raised meanwhile, and pressing 1 acks both
+        twiml = second.twiml or ""
+        assert "Per Student" in twiml and "Nils Nyansatt" in twiml
+        action = f"/twilio/voice/{ids[1]}?also={ids[2]}"
+        assert action in twiml.replace("&amp;", "&"), twiml
+        status, _ = await gw.client.webhook(
+            action,
+            {"CallSid": new_id("CA"), "To": PHONES["guard-1"], "Digits": "1"},
+        )
+        assert status == 200
+        for aid, state in zip(ids, ["escalating", "acknowledged", "acknowledged"], strict=True):
+            assert (await get_alarm(gw, aid))["state"] == state

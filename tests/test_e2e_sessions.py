@@ -247,6 +247,7 @@ async def test_badge_start_without_live_jaa_answers_only_the_door(
     ra = ra1(cfg)
     ra["acute_injury_risk"] = False
     ra["requires_jaa"] = False
+    del ra["checkin_interval"]
     async with running_gateway(cfg) as gw, probe(mosquitto.port, "jaa/#") as p:
         ans = await ask(p, door_ev(DOOR), badge("b1"), door_cmd(DOOR))
         assert ans["type"] == "session_started"
@@ -385,7 +386,9 @@ DENY_CASES = [
         "Ola",
         prelude=_heard_long_ago,
     ),
-    DenyCase("no_assistance", nobody_on_duty, dev_ev(OLA_DEV), start("x1"), dev_cmd(OLA_DEV), "Ola"),
+    DenyCase(
+        "no_assistance", nobody_on_duty, dev_ev(OLA_DEV), start("x1"), dev_cmd(OLA_DEV), "Ola"
+    ),
 ]
 DENY_IDS = [
     "unknown_badge",
@@ -554,7 +557,9 @@ async def test_restart_keeps_the_session_its_timers_and_its_dedupe(
             )
             assert due.json()["reason"] == "checkin"
             assert time.monotonic() - t_start > 2.7
-            end = await ask(p, dev_ev(OLA_DEV), {"id": "s2", "type": "session_end"}, dev_cmd(OLA_DEV))
+            end = await ask(
+                p, dev_ev(OLA_DEV), {"id": "s2", "type": "session_end"}, dev_cmd(OLA_DEV)
+            )
             assert end["type"] == "session_ended" and end["session"] == sid
             assert await sessions(gw) == []
             assert await metric(gw, "jaa_sessions_active") == 0
@@ -643,7 +648,7 @@ async def test_checkin_due_after_interval_and_checkin_restarts_it(
         t_due = time.monotonic()
         assert due.json()["reason"] == "checkin" and due.json()["grace_s"] == 1
         # pushed back by the check-in: ~1 s after it, not ~1 s after the start
-        assert 0.8 <= t_due - t_checkin <= 1.6, t_due - t_checkin
+        assert 0.8 <= t_due - t_checkin <= 2.0, t_due - t_checkin
         assert t_due - t_start >= 1.4
         assert not [s for s in p.seen[:since] if of_type("checkin_due")(s)]
 
@@ -654,7 +659,7 @@ async def test_checkin_due_after_interval_and_checkin_restarts_it(
         await p.wait_message(
             dev_cmd(OLA_DEV), of_type("checkin_due", session=sid), timeout=3, since=since
         )
-        assert 0.8 <= time.monotonic() - t_checkin <= 1.6
+        assert 0.8 <= time.monotonic() - t_checkin <= 2.0
         assert not [s for s in p.seen if of_type("alarm_raised")(s)]
         await ask(p, dev_ev(OLA_DEV), {"id": "e1", "type": "session_end"}, dev_cmd(OLA_DEV))
 
@@ -675,7 +680,7 @@ async def test_overrun_due_at_max_duration_despite_checkins(
             dev_cmd(OLA_DEV), of_type("checkin_due", session=ans["session"]), timeout=4
         )
         elapsed = time.monotonic() - t_start
-        assert 1.8 <= elapsed <= 2.8, elapsed
+        assert 1.8 <= elapsed <= 3.2, elapsed
         assert due.json()["reason"] == "overrun" and due.json()["grace_s"] == 1
         assert not [s for s in p.seen if of_type("checkin_due", reason="checkin")(s)]
 
@@ -692,3 +697,38 @@ async def test_unknown_device_repeat_is_answered_again_and_counted_once(
         assert await metric(gw, "jaa_rejected_messages_total", reason="duplicate") == 1
         denials = [e for e in await audit_since(gw, t0) if e["event"] == "session_denied"]
         assert len(denials) == 1
+
+
+async def test_device_start_joins_a_badge_session_that_had_no_device(
+    cfg: dict[str, Any], mosquitto: MosquittoBroker
+) -> None:
+    """Badged in with the JAA off (allowed here), then the worker switches it on and presses
+    start at the same place: the session is the same, and from now on it is the device's."""
+    ra = ra1(cfg)
+    ra["acute_injury_risk"] = False
+    ra["requires_jaa"] = False
+    del ra["checkin_interval"]
+    async with running_gateway(cfg) as gw, probe(mosquitto.port, "jaa/#") as p:
+        on = await ask(p, door_ev(DOOR), badge("b1"), door_cmd(DOOR))
+        [s] = await sessions(gw)
+        assert s["device"] is None
+        joined = await ask(p, dev_ev(OLA_DEV), start("s1"), dev_cmd(OLA_DEV))
+        assert joined["type"] == "session_started" and joined["session"] == on["session"]
+        [s] = await sessions(gw)
+        assert s["device"] == OLA_DEV
+
+
+async def test_badge_start_with_checkins_but_no_live_jaa_is_denied(
+    cfg: dict[str, Any], mosquitto: MosquittoBroker
+) -> None:
+    """Check-ins are asked of the JAA: without a live one the first checkin_due would go
+    nowhere and end in a certain missed_checkin alarm, so the gate says jaa_required."""
+    ra = ra1(cfg)
+    ra["acute_injury_risk"] = False
+    ra["requires_jaa"] = False
+    ra["checkin_interval"] = "2s"
+    async with running_gateway(cfg) as gw, probe(mosquitto.port, "jaa/#") as p:
+        ans = await ask(p, door_ev(DOOR), badge("b1"), door_cmd(DOOR))
+        assert ans["type"] == "session_denied" and ans["reason"] == "jaa_required"
+        assert "check-ins" in ans["detail"]
+        assert await sessions(gw) == []

@@ -289,8 +289,17 @@ def test_acute_injury_risk_forces_jaa_even_if_requires_jaa_false() -> None:
 
 
 def test_no_jaa_needed_without_acute_risk() -> None:
-    a = ra(requires_jaa=False, acute_injury_risk=False)
+    a = ra(requires_jaa=False, acute_injury_risk=False, checkin_interval=None)
     assert started(decide(assessments=[a], last_seen={})).assessment_id == "RA-2026-017"
+
+
+def test_checkin_interval_needs_a_live_jaa() -> None:
+    # check-ins are made with the JAA: without one the first checkin_due goes nowhere
+    a = ra(requires_jaa=False, acute_injury_risk=False)
+    assert a.checkin_interval is not None
+    r = denied(decide(assessments=[a], last_seen={}))
+    assert r.reason == "jaa_required"
+    assert "check-ins" in r.detail
 
 
 def test_no_assistance_on_saturday_daytime() -> None:
@@ -345,7 +354,7 @@ def test_several_invalid_assessments_name_the_newest() -> None:
 
 def test_jaa_free_assessment_preferred_when_device_is_silent() -> None:
     needs = ra(id="RA-JAA")
-    free = ra(id="RA-FREE", requires_jaa=False, acute_injury_risk=False)
+    free = ra(id="RA-FREE", requires_jaa=False, acute_injury_risk=False, checkin_interval=None)
     r = started(decide(assessments=[needs, free], last_seen={}))
     assert r.assessment_id == "RA-FREE"
     r = started(decide(assessments=[needs, free]))  # both usable: the first given wins

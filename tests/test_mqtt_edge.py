@@ -44,7 +44,7 @@ class Collector:
         self.events.append(ev)
         self._changed.set()
 
-    async def wait_for(self, pred: Callable[[list[Event]], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def wait_for(self, pred: Callable[[list[Event]], bool], timeout: float = 5.0) -> None:
         async def loop() -> None:
             while not pred(self.events):
                 self._changed.clear()
@@ -59,7 +59,7 @@ class Collector:
         return [e.id for e in self.events]
 
 
-async def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> float:  # noqa: ASYNC109
+async def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> float:
     """Poll until pred() holds; returns the seconds it took."""
     t0 = time.monotonic()
     while not pred():
@@ -288,7 +288,7 @@ async def test_stop_while_the_broker_is_unreachable_is_prompt(tmp_path: Path) ->
 
 async def test_refused_credentials_never_count_as_connected(tmp_path: Path) -> None:
     pw = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "gw", "right"], check=True)
+    _passwd(pw, {"gw": "right"})
     broker = MosquittoBroker(tmp_path / "auth", anonymous=False, extra_conf=f"password_file {pw}")
     broker.start()
     try:
@@ -355,8 +355,10 @@ async def test_last_will_says_offline_when_the_process_dies(
     script = tmp_path / "edge_child.py"
     script.write_text(EDGE_SCRIPT)
     async with probe(mosquitto.port, STATUS) as p:
-        child = subprocess.Popen(
-            [sys.executable, str(script), str(mosquitto.port)],
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(script),
+            str(mosquitto.port),
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
@@ -364,14 +366,14 @@ async def test_last_will_says_offline_when_the_process_dies(
             await p.wait_message(STATUS, lambda m: m.json() == {"state": "online"}, timeout=10)
             mark = len(p.seen)
             child.send_signal(signal.SIGKILL)
-            child.wait(5)
+            await asyncio.wait_for(child.wait(), 5)
             # The kernel closes the socket without a DISCONNECT: the broker sends the will.
             m = await p.wait_message(STATUS, since=mark, timeout=5)
             assert m.json() == {"state": "offline"}
         finally:
-            if child.poll() is None:
+            if child.returncode is None:
                 child.kill()
-                child.wait()
+                await child.wait()
     async with probe(mosquitto.port, STATUS) as p:
         m = await p.wait_message(STATUS)
         assert m.retain and m.json() == {"state": "offline"}
@@ -498,6 +500,12 @@ async def test_unacknowledged_sends_go_again_first_and_in_order(
 # ---------------------------------------------------------------------------- production broker
 
 
+def _passwd(path: Path, accounts: dict[str, str]) -> None:
+    for user, secret in accounts.items():
+        flags = ["-b", "-c"] if not path.exists() else ["-b"]
+        subprocess.run(["mosquitto_passwd", *flags, str(path), user, secret], check=True)
+
+
 def _make_certs(d: Path) -> None:
     d.mkdir()
     openssl = shutil.which("openssl")
@@ -522,10 +530,7 @@ def _production_broker(tmp: Path, accounts: dict[str, str]) -> tuple[MosquittoBr
     (tmp / "jaa").mkdir()
     (tmp / "data").mkdir()
     shutil.copy(REPO / "config/mosquitto/acl", tmp / "jaa/acl")
-    passwd = tmp / "jaa/passwd"
-    for user, secret in accounts.items():
-        flags = ["-b", "-c"] if not passwd.exists() else ["-b"]
-        subprocess.run(["mosquitto_passwd", *flags, str(passwd), user, secret], check=True)
+    _passwd(tmp / "jaa/passwd", accounts)
     plain, tls = free_port(), free_port()
     text = (REPO / "config/mosquitto/mosquitto.conf").read_text()
     for old, new in [

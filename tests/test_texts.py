@@ -208,7 +208,8 @@ def test_denial_sms_names_reason_in_words(lang: str, reason: str) -> None:
     assert WORKER in text and PLACE in text
     words = texts.reason_name(lang, reason)  # type: ignore[arg-type]
     assert words != reason and words in text
-    assert "Some detail." in text
+    # the English detail goes with English texts only; in nb the reason says it in Norwegian
+    assert ("Some detail." in text) == (lang == "en")
 
 
 def test_denial_sms_exact() -> None:
@@ -216,8 +217,7 @@ def test_denial_sms_exact() -> None:
         "nb", WORKER, PLACE, "training_expired", "The HSE training of Ola expired on 2026-09-08."
     ) == (
         "JAA: Ola Nordmann fikk ikke starte alenearbeid i Realfagbygget D1-123 (kjemilab): "
-        "HMS-opplæringen mangler eller er utløpt. "
-        "Detaljer: The HSE training of Ola expired on 2026-09-08."
+        "HMS-opplæringen mangler eller er utløpt."
     )
 
 

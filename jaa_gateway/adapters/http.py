@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from jaa_gateway.timeutil import parse_rfc3339
 log = structlog.get_logger("jaa_gateway.http")
 
 MAX_BODY = 64 * 1024
+_PLUS_OFFSET = re.compile(r" ([0-9]{2}:[0-9]{2})$")
 _ID_MAX = 64
 
 
@@ -88,7 +90,8 @@ class HttpApi:
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, "too_large", f"The body is larger than {MAX_BODY} bytes.")
+            # the contract's error statuses are 400/401/403/404/409: too large is a bad request
+            return _error(400, "too_large", f"The body is larger than {MAX_BODY} bytes.")
         except web.HTTPException as exc:
             if exc.status >= 400:
                 return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
@@ -350,6 +353,8 @@ class HttpApi:
         since_raw = request.query.get("since")
         query = select(audit).order_by(audit.c.seq)
         if since_raw is not None:
+            # an offset typed unencoded ('?since=...T08:00:00+01:00') decodes to a space
+            since_raw = _PLUS_OFFSET.sub(r"+\1", since_raw)
             try:
                 since = parse_rfc3339(since_raw)
             except ValueError:
@@ -410,6 +415,15 @@ class HttpApi:
             ]
         if reply.code is not None:
             chosen = [a for a in candidates if a["code"] == reply.code]
+            if not chosen:
+                # the code of an open alarm this person was not told about: let the engine
+                # refuse it (audited as ack_refused) rather than answer "unknown code"
+                async with self.engine.store.tx() as conn:
+                    chosen = [
+                        a
+                        for a in await q.open_alarms(conn, ("prealarm", "escalating"))
+                        if a["code"] == reply.code
+                    ]
             if not chosen:
                 return _xml(sms_reply(texts.ack_reply_error(lang, "unknown_code")))
         else:

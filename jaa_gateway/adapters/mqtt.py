@@ -149,7 +149,8 @@ class MqttEdge:
 
     @property
     def connected(self) -> bool:
-        """True only between an accepted CONNACK and the loss of that connection."""
+        """True from an accepted CONNACK (and our subscriptions in place) until that
+        connection is lost or stopped; never on a refused or merely opened connection."""
         return self._connected
 
     @property
@@ -281,13 +282,14 @@ class MqttEdge:
                 reader: asyncio.Task[None] | None = None
                 async with client:  # returns only after a CONNACK that accepted us
                     accepted = True
-                    self._set_connected(True)
                     self._metrics.mqtt_reconnects.inc()
-                    log.info("mqtt_connected", host=self._section.host, port=self._section.port)
                     await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
                     granted = await client.subscribe([(t, 1) for t in self.subscriptions])
                     if any(_refused(code) for code in granted):
                         raise aiomqtt.MqttError(f"subscription refused by the broker: {granted}")
+                    # Connected means usable: accepted by the broker and subscribed.
+                    self._set_connected(True)
+                    log.info("mqtt_connected", host=self._section.host, port=self._section.port)
                     reader = tg.create_task(self._read(client), name="mqtt-reader")
                     sender = tg.create_task(self._send_loop(client, broken), name="mqtt-sender")
                     hook = tg.create_task(self._run_on_connect(), name="mqtt-on-connect")

@@ -45,10 +45,15 @@ def quiet_amqtt() -> None:
 
 
 class EmbeddedBroker:
-    """``async with EmbeddedBroker() as b:`` -> an amqtt broker on 127.0.0.1:``b.port``."""
+    """``async with EmbeddedBroker(18830) as b:`` -> an amqtt broker on 127.0.0.1:``b.port``.
 
-    def __init__(self) -> None:
+    The preferred port is used when it is free (so documented commands work as pasted),
+    else any free port.
+    """
+
+    def __init__(self, preferred_port: int = 0) -> None:
         self.host = HOST
+        self.preferred_port = preferred_port
         self.port = 0
         self._broker: Any = None
 
@@ -67,8 +72,9 @@ class EmbeddedBroker:
 
         last: Exception | None = None
         # the port is free when picked but another process may take it before amqtt binds
-        for _ in range(START_ATTEMPTS):
-            port = free_port()
+        for attempt in range(START_ATTEMPTS):
+            wanted = self.preferred_port if attempt == 0 else 0
+            port = wanted if wanted and port_is_free(wanted) else free_port()
             broker = Broker(self._config(port))
             try:
                 await broker.start()

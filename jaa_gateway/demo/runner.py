@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
 import sys
 import tempfile
@@ -21,10 +22,10 @@ from typing import Any
 
 import structlog
 
-from jaa_gateway.config import ConfigError
+from jaa_gateway.config import Config, ConfigError
 from jaa_gateway.demo.broker import EmbeddedBroker, free_port, port_is_free, quiet_amqtt
 from jaa_gateway.demo.democonfig import DemoSite, load_demo_config, prepare
-from jaa_gateway.demo.story import Outcome, Story, StoryFailed
+from jaa_gateway.demo.story import Cast, Outcome, Story, StoryFailed
 from jaa_gateway.demo.timeline import Timeline, table
 
 MIN_SPEED = 0.2
@@ -115,13 +116,15 @@ async def _wait_ready(app_task: asyncio.Task[None], ready: asyncio.Event) -> Non
 
 def _keep_running_banner(tl: Timeline, site: DemoSite, mqtt_port: int) -> None:
     url, tok = site.http_url, site.api_token
+    # `make demo` runs .venv/bin/jaa-gateway, which may not be on PATH
+    exe = "jaa-gateway" if shutil.which("jaa-gateway") else sys.argv[0]
     tl.raw("")
     tl.raw("The gateway keeps running (Ctrl-C stops it). Try:")
     tl.raw(f"  curl -s {url}/healthz")
     tl.raw(f"  curl -s -H 'Authorization: Bearer {tok}' {url}/api/alarms")
     tl.raw(f"  curl -s -H 'Authorization: Bearer {tok}' {url}/api/audit")
-    tl.raw(f"  jaa-gateway device {site.cfg.devices[0].id} sos --port {mqtt_port}")
-    tl.raw(f"  jaa-gateway door {_first_door(site)} badge {_first_badge(site)} --port {mqtt_port}")
+    tl.raw(f"  {exe} device {site.cfg.devices[0].id} sos --port {mqtt_port}")
+    tl.raw(f"  {exe} door {_first_door(site)} badge {_first_badge(site)} --port {mqtt_port}")
     tl.raw(f"API {url}   token {tok}   MQTT 127.0.0.1:{mqtt_port}")
 
 
@@ -145,21 +148,32 @@ async def _until_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
-async def demo(speed: float, keep_running: bool, write: Callable[[str], None] = _print) -> int:
+async def demo(
+    speed: float,
+    keep_running: bool,
+    write: Callable[[str], None] = _print,
+    config: Config | None = None,
+) -> int:
+    """Play the tour; `config` replaces the shipped demo config (tests)."""
     from jaa_gateway.app import App
 
     t_start = time.monotonic()
     try:
-        base = load_demo_config()
+        base = config if config is not None else load_demo_config()
     except ConfigError as exc:
         write("the shipped demo config is broken:")
         for line in exc.problems:
             write(f"  {line}")
         return 1
+    try:
+        Cast.of(base)
+    except ValueError as exc:
+        write(f"the demo config cannot play the story: {exc}")
+        return 1
     tl = Timeline(base, write=write)
     configure_logging(tl)
     with tempfile.TemporaryDirectory(prefix="jaa-demo-") as tmp:
-        async with EmbeddedBroker() as broker:
+        async with EmbeddedBroker(base.mqtt.port) as broker:
             site = prepare(
                 base,
                 workdir=Path(tmp),
@@ -170,7 +184,8 @@ async def demo(speed: float, keep_running: bool, write: Callable[[str], None] = 
             )
             tl.cfg = site.cfg
             write(f"jaa-gateway demo: a lone-worker alarm tour (speed {speed:g}x)")
-            write(f"  MQTT broker  amqtt (embedded) on 127.0.0.1:{broker.port}")
+            taken = f" ({base.mqtt.port} is taken)" if broker.port != base.mqtt.port else ""
+            write(f"  MQTT broker  amqtt (embedded) on 127.0.0.1:{broker.port}{taken}")
             moved = f" ({site.wanted_port} is taken)" if site.http_port != site.wanted_port else ""
             write(f"  HTTP API     {site.http_url}{moved}")
             write(f"  database     {site.database} (deleted at the end)")
@@ -190,8 +205,11 @@ async def demo(speed: float, keep_running: bool, write: Callable[[str], None] = 
                         write(line)
                     write("demo OK: every step of the story happened.")
                     if keep_running:
+                        story.show_heartbeats = False
+                        story.answer_checkins = False
                         _keep_running_banner(tl, site, broker.port)
                         await _until_signal()
+                        write("stopping ...")
                 return 0
             except StoryFailed as exc:
                 write("")
@@ -215,6 +233,15 @@ async def demo(speed: float, keep_running: bool, write: Callable[[str], None] = 
 
 
 def run_demo(speed: float = 1.0, keep_running: bool = False) -> int:
+    try:
+        import amqtt  # noqa: F401  (the embedded broker: the 'demo' extra)
+    except ImportError:
+        print(
+            "jaa-gateway demo: the demo needs the 'demo' extra (amqtt): "
+            "pip install 'jaa-gateway[demo]', or run `make demo`",
+            file=sys.stderr,
+        )
+        return 1
     if not MIN_SPEED <= speed <= MAX_SPEED:
         print(
             f"jaa-gateway demo: --speed must be between {MIN_SPEED:g} and {MAX_SPEED:g}",

@@ -162,6 +162,9 @@ class MqttActor:
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for m in client.messages:
+            # amqtt hands a new subscriber retained messages of other topics: keep ours only
+            if not any(m.topic.matches(t) for t in self.topics):
+                continue
             raw = m.payload if isinstance(m.payload, bytes) else str(m.payload or "").encode()
             rec = Received(
                 topic=m.topic.value,
@@ -207,27 +210,21 @@ async def send_and_listen(
     *,
     host: str,
     port: int,
-    prefix: str,
-    kind: Kind,
-    sender: str,
-    etype: str,
-    fields: dict[str, Any],
-    event_id: str,
+    topic: str,
+    payload: dict[str, Any],
+    answers: str,
     wait: float,
     username: str | None,
     password: str | None,
     tls_ca: str | None,
     write: Callable[[str], None],
 ) -> int:
-    """Publish one event as `sender` and print what arrives on its cmd topic for `wait` s.
+    """Publish one event (from `build_event`) and print what arrives on `answers` for `wait` s.
 
-    Returns the number of answers received. Raises `Rejected` for an event the gateway would
-    drop (nothing is sent) and `aiomqtt.MqttError` when the broker cannot be reached.
+    Returns the number of answers received; `aiomqtt.MqttError` when the broker cannot be
+    reached. The subscription is made before the publish, so no answer can be missed.
     """
-    topic, payload = build_event(
-        prefix, kind, sender, etype, fields, event_id=event_id, now=dt.datetime.now(dt.UTC)
-    )
-    answers = cmd_topic(prefix, kind, sender)
+    event_id = payload.get("id")
     t0 = time.monotonic()
 
     def show(actor: MqttActor, rec: Received) -> None:
@@ -235,6 +232,7 @@ async def send_and_listen(
         body = rec.raw.decode("utf-8", "replace") or "(empty)"
         write(f"{rec.at - t0:6.2f}s  <- {rec.topic}{tag}\n         {body}")
 
+    sender = topic.split("/")[-2]
     async with MqttActor(
         host,
         port,
@@ -248,6 +246,7 @@ async def send_and_listen(
         await actor.publish(topic, payload)
         write(f"{time.monotonic() - t0:6.2f}s  -> {topic} (QoS 1, acknowledged by the broker)")
         write(f"         {encode(payload).decode('utf-8')}")
-        write(f"listening on {answers} for {wait:g} s ...")
-        await asyncio.sleep(wait)
+        if wait > 0:
+            write(f"listening on {answers} for {wait:g} s ...")
+            await asyncio.sleep(wait)
         return len(actor.received)

@@ -26,7 +26,7 @@ from twilio.request_validator import RequestValidator
 
 from jaa_gateway.config import Assessment, Chain, Config, Location, Person
 from jaa_gateway.demo.democonfig import DemoSite
-from jaa_gateway.demo.simulator import MqttActor, Received, build_event, cmd_topic
+from jaa_gateway.demo.simulator import Kind, MqttActor, Received, build_event, cmd_topic
 from jaa_gateway.demo.timeline import Notification, Timeline
 
 # how long a reply may take over loopback before a scene counts as failed (not scaled)
@@ -154,6 +154,10 @@ class Story:
         self.cast = Cast.of(self.cfg)
         self.out = Outcome()
         self.scene_title = "start"
+        self.show_heartbeats = True
+        # after the missed check-in scene the worker answers every checkin_due at once, so a
+        # slow machine cannot turn the rest of the tour into a second missed check-in
+        self.answer_checkins = False
         self._http: aiohttp.ClientSession | None = None
         self.device: MqttActor | None = None
         self.door: MqttActor | None = None
@@ -191,6 +195,7 @@ class Story:
     async def actors(self) -> AsyncIterator[None]:
         """Connect the actors and keep the worker's device sending heartbeats."""
         c, host = self.cast, "127.0.0.1"
+        self.scene("The gateway starts")
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
             MqttActor(
@@ -216,13 +221,18 @@ class Story:
             ) as door,
         ):
             self._http, self.device, self.door, self.observer = http, device, door, observer
-            beat = asyncio.create_task(self._heartbeats(device), name="demo-heartbeats")
+            tasks = [
+                asyncio.create_task(self._heartbeats(device), name="demo-heartbeats"),
+                asyncio.create_task(self._checkins(device), name="demo-checkins"),
+            ]
             try:
                 yield
             finally:
-                beat.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await beat
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
 
     async def _heartbeats(self, device: MqttActor) -> None:
         battery = 100.0
@@ -235,7 +245,7 @@ class Story:
                 "lon": 10.4020 + secrets.randbelow(10) / 100_000,
             }
             await self._send(device, "device", self.cast.device, "heartbeat", fields, quiet=True)
-            if n == 1 or n % SHOW_EVERY_NTH_HEARTBEAT == 0:
+            if self.show_heartbeats and (n == 1 or n % SHOW_EVERY_NTH_HEARTBEAT == 0):
                 self.tl.line(
                     self.cast.device,
                     "mqtt",
@@ -246,10 +256,27 @@ class Story:
             battery = max(5.0, battery - 0.5)
             await self.pause(HEARTBEAT_EVERY)
 
+    async def _checkins(self, device: MqttActor) -> None:
+        since = 0
+        while True:
+            rec = await device.wait_for(lambda r: r.type == "checkin_due", 3600.0, since)
+            if rec is None:
+                continue
+            since = next(i for i, r in enumerate(device.received) if r is rec) + 1
+            if self.answer_checkins and rec.payload and rec.payload.get("reason") == "checkin":
+                await self._send(
+                    device,
+                    "device",
+                    self.cast.device,
+                    "checkin",
+                    {},
+                    label="checkin (the worker answers checkin_due)",
+                )
+
     async def _send(
         self,
         actor: MqttActor,
-        kind: Any,
+        kind: Kind,
         sender: str,
         etype: str,
         fields: dict[str, Any],
@@ -257,15 +284,21 @@ class Story:
         quiet: bool = False,
         label: str = "",
     ) -> str:
+        """Publish one event as `sender`; `label` replaces the default 'type key=value' text."""
         eid = f"{etype}-{secrets.token_hex(4)}"
         topic, payload = build_event(
             self.prefix, kind, sender, etype, fields, event_id=eid, now=dt.datetime.now(dt.UTC)
         )
         if not quiet:
-            extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-            self.tl.line(sender, "mqtt", f"{etype} {extra}{label} (id {eid})".replace("  ", " "))
+            extra = "".join(f" {k}={v}" for k, v in fields.items() if v is not None)
+            self.tl.line(sender, "mqtt", f"{label or etype + extra} (id {eid})")
         await actor.publish(topic, payload)
         return eid
+
+    async def _badge(self, door: MqttActor, who: Person) -> str:
+        card = who.badges[0]
+        label = f"badge {card} ({who.name}'s card)"
+        return await self._send(door, "door", self.cast.door, "badge", {"badge": card}, label=label)
 
     async def expect(
         self,
@@ -322,7 +355,6 @@ class Story:
         return self.out
 
     async def _start(self, observer: MqttActor) -> None:
-        self.scene("The gateway starts")
         got = await observer.wait_for(
             lambda r: (
                 r.topic.endswith("/gateway/status")
@@ -347,7 +379,7 @@ class Story:
             f"check-in every {_fmt_s(_secs(c.assessment.checkin_interval))}"
         )
         d0, m0 = door.mark(), device.mark()
-        eid = await self._send(door, "door", c.door, "badge", {"badge": c.worker.badges[0]})
+        eid = await self._badge(door, c.worker)
         started = await self.expect(
             door,
             "session_started",
@@ -370,7 +402,7 @@ class Story:
         assert sup is not None
         self.scene(f"{c.student.name} (student, no risk assessment) badges in")
         d0, n0 = door.mark(), len(self.tl.notifications)
-        eid = await self._send(door, "door", c.door, "badge", {"badge": c.student.badges[0]})
+        eid = await self._badge(door, c.student)
         await self.expect(
             door,
             "session_denied (no_assessment)",
@@ -496,6 +528,7 @@ class Story:
             SLACK,
             m0,
         )
+        self.answer_checkins = True
         self.scene(f"{c.worker.name} checks in; {guard.name} closes the alarm")
         self.tl.note(f"{c.worker.name} was in the fume cupboard with gloves on; she presses OK")
         await self._send(device, "device", c.device, "checkin", {})
@@ -550,7 +583,7 @@ class Story:
         c = self.cast
         self.scene(f"{c.worker.name} badges out: the session ends")
         d0, m0 = door.mark(), device.mark()
-        eid = await self._send(door, "door", c.door, "badge", {"badge": c.worker.badges[0]})
+        eid = await self._badge(door, c.worker)
         await self.expect(
             door,
             "session_ended",

@@ -8,7 +8,6 @@ the story can check what was sent to whom.
 from __future__ import annotations
 
 import re
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,7 +122,8 @@ class Timeline:
 
     def log_line(self, level: str, event: str, kv: dict[str, Any]) -> None:
         pairs = " ".join(f"{k}={v}" for k, v in kv.items())
-        self.line("log", level[:5], f"{event} {pairs}".rstrip())
+        short = {"warning": "warn", "critical": "crit"}.get(level, level)
+        self.line("log", short[:VIA_WIDTH], f"{event} {pairs}".rstrip())
 
 
 def table(rows: list[tuple[str, str]], title: str) -> list[str]:

@@ -181,17 +181,24 @@ def decide_start(
         (source == "device" and device_id == holder_device.id)
         or _fresh(device_last_seen.get(holder_device.id), now, cfg.timing.device_timeout)
     )
-    usable = [a for a in in_hours if jaa_online or not a.jaa_required]
+    # check-ins are asked of the JAA: an assessment with a check-in interval needs one too,
+    # or the first checkin_due would go nowhere and end in a certain missed_checkin alarm
+    usable = [a for a in in_hours if jaa_online or not _needs_jaa(a)]
     if not usable:
+        needs = (
+            "requires a lone-work alarm (JAA)"
+            if any(a.jaa_required for a in in_hours)
+            else "asks for check-ins, which are made with the lone-work alarm (JAA)"
+        )
         if holder_device is None:
             return Denied(
                 "jaa_required",
-                f"Risk assessment {_ids(in_hours)} requires a lone-work alarm (JAA), "
+                f"Risk assessment {_ids(in_hours)} {needs}, "
                 f"and {person.name} has none registered.",
             )
         return Denied(
             "jaa_required",
-            f"Risk assessment {_ids(in_hours)} requires a lone-work alarm (JAA), and alarm "
+            f"Risk assessment {_ids(in_hours)} {needs}, and alarm "
             f"{holder_device.id} has not been heard from recently: switch it on and try again.",
         )
 
@@ -212,6 +219,10 @@ def decide_start(
         checkin_interval=chosen.checkin_interval,
         ends_at=now.astimezone(dt.UTC) + _session_length(chosen.max_duration, planned_minutes),
     )
+
+
+def _needs_jaa(a: Assessment) -> bool:
+    return a.jaa_required or a.checkin_interval is not None
 
 
 def _fresh(last_seen: dt.datetime | None, now: dt.datetime, timeout: dt.timedelta) -> bool:

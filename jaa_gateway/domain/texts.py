@@ -81,8 +81,9 @@ _REASON: Final[dict[str, dict[str, str]]] = {
         "lone_work_not_allowed": "risikovurderingen tillater ikke alenearbeid",
         "outside_allowed_hours": "utenfor tidsrommet risikovurderingen tillater",
         "training_expired": "HMS-opplæringen mangler eller er utløpt",
-        "jaa_required": "krever alenearbeidsalarm (JAA), men ingen er pålogget",
+        "jaa_required": "alenearbeidsalarm (JAA) kreves, men alarmen er ikke slått på",
         "no_assistance": "ingen vakt er tilgjengelig for å rykke ut",
+        "session_active": "har allerede en aktiv økt et annet sted",
     },
     "en": {
         "unknown_badge": "unknown badge",
@@ -95,6 +96,7 @@ _REASON: Final[dict[str, dict[str, str]]] = {
         "training_expired": "HSE training missing or expired",
         "jaa_required": "a lone-work alarm (JAA) is required but none is online",
         "no_assistance": "no guard is available to respond",
+        "session_active": "already has an active session elsewhere",
     },
 }
 
@@ -302,9 +304,10 @@ def denial_sms(
     why = reason_name(lang, reason)
     more = _clip(detail, _DETAIL_MAX) if detail else ""
     if lang == "nb":
+        # the gate's detail is English (it also goes to the device): a Norwegian supervisor
+        # gets the reason in Norwegian only, which says all the detail would
         where = name if name is not None else "ukjent sted"
-        tail = f" Detaljer: {more}" if more else ""
-        return f"JAA: {who} fikk ikke starte alenearbeid i {where}: {why}.{tail}"
+        return f"JAA: {who} fikk ikke starte alenearbeid i {where}: {why}."
     where = name if name is not None else "an unknown location"
     tail = f" Details: {more}" if more else ""
     return f"JAA: {who} was refused lone work at {where}: {why}.{tail}"

@@ -275,7 +275,7 @@ class MqttProbe:
         self,
         topic: str,
         predicate: Callable[[Seen], bool] = lambda _: True,
-        timeout: float = 5.0,  # noqa: ASYNC109  (a plain helper argument, like asyncio.wait_for's)
+        timeout: float = 5.0,
         *,
         since: int = 0,
     ) -> Seen:

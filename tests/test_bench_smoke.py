@@ -1,0 +1,104 @@
+"""One smoke run of the benchmark harness with tiny numbers (`make bench` runs the real sizes),
+and checks of the pieces the figures rest on: percentiles, the raw MQTT packets, the table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+from benchmarks import run as bench_run
+from benchmarks.harness import pct, summary_ms
+from benchmarks.rawmqtt import RawPublisher, publish_packet
+from benchmarks.scenarios import Scale
+from tests.support.broker import MosquittoBroker, probe
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert pct(values, 50) == 50.0
+    assert pct(values, 99) == 99.0
+    assert pct(values, 100) == 100.0
+    assert pct([3.0], 99) == 3.0
+    with pytest.raises(ValueError):
+        pct([], 50)
+
+
+def test_summary_reports_never_for_missing_samples() -> None:
+    s = summary_ms([0.001] * 98 + [float("inf")] * 2)
+    assert s["p50_ms"] == 1.0
+    assert s["p99_ms"] is None and s["max_ms"] is None
+    assert s["n"] == 100
+
+
+def test_publish_packet_long_payload_uses_multibyte_length() -> None:
+    pkt = publish_packet(b"t", b"x" * 200, 7)
+    # 0x32 = PUBLISH QoS 1; 2+1+2+200 = 205 -> varint 0xCD 0x01
+    assert pkt[:3] == b"\x32\xcd\x01"
+    assert pkt[3:6] == b"\x00\x01t" and pkt[6:8] == b"\x00\x07"
+
+
+async def test_raw_publisher_messages_arrive_intact(mosquitto: MosquittoBroker) -> None:
+    async with probe(mosquitto.port, "bench/raw/#") as p:
+        pub = await asyncio.to_thread(RawPublisher, "127.0.0.1", mosquitto.port, "raw-test")
+        try:
+            pub.send(
+                [(f"bench/raw/{i}".encode(), json.dumps({"i": i}).encode()) for i in range(50)]
+            )
+            for i in (0, 49):
+                seen = await p.wait_message(f"bench/raw/{i}")
+                assert seen.json() == {"i": i}
+            for _ in range(100):
+                if pub.acked >= 50:
+                    break
+                await asyncio.sleep(0.02)
+            assert pub.acked == 50
+        finally:
+            pub.close()
+    assert paho.MQTTv311 == 4  # the raw CONNECT speaks protocol level 4, as paho's 3.1.1
+
+
+def test_table_renders_every_scenario() -> None:
+    res = {
+        "latency": {
+            "gateway": {"n": 2, "p50_ms": 10.0, "p99_ms": 20.0, "max_ms": 20.0},
+            "floor": {"n": 2, "p50_ms": 2.0, "p99_ms": 4.0, "max_ms": 4.0},
+            "peer": {"n": 2, "p50_ms": 4.0, "p99_ms": 5.0, "max_ms": 5.0},
+            "lost": {"gateway": 0, "floor": 0, "peer": 0},
+            "gateway_footprint": {"peak_rss_mb": 100.0, "cpu_s": 1.0},
+        },
+        "ingest": {"heartbeat": {"sustained_per_s": 5000}, "floor": {"sustained_per_s": 10000}},
+        "timers": {
+            "sessions": 3,
+            "checkin_due_missing": 1,
+            "missed_checkin_sms_missing": 0,
+            "checkin_due": {"n": 3, "p50_ms": 1.0, "p99_ms": None, "max_ms": None},
+            "missed_checkin_sms": {"n": 3, "p50_ms": 1.0, "p99_ms": 2.0, "max_ms": 2.0},
+        },
+        "recovery": {"error": "RuntimeError: broken"},
+    }
+    text = bench_run.table(res)
+    assert "p50 5.00x, p99 5.00x ; p99 4.00x" in text
+    assert "0.50x" in text  # ingest: gateway / floor
+    assert "1.0 / never / never" in text
+    assert "ERROR RuntimeError: broken" in text
+
+
+async def test_smoke_run_of_the_harness(tmp_path: Path) -> None:
+    """The latency scenario end to end at tiny sizes: real gateway process, fleet process,
+    floor relay, probe and double; every alarm reaches the double."""
+    scale = Scale.tiny()
+    res = await bench_run.run(scale, ("latency",), tmp_path)
+    lat = res["latency"]
+    assert "error" not in lat, lat
+    assert lat["lost"] == {"gateway": 0, "peer": 0, "floor": 0}
+    assert lat["gateway"]["n"] == scale.alarms
+    assert lat["floor"]["n"] == scale.alarms
+    assert 0 < lat["floor"]["p50_ms"] <= lat["floor"]["max_ms"]
+    assert lat["gateway"]["p50_ms"] > 0
+    assert lat["background"]["fleet_sent"]["heartbeat"] > 0
+    assert lat["gateway_footprint"]["peak_rss_mb"] > 10
+    assert "alarm latency" in bench_run.table(res)
