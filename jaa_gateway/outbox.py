@@ -310,7 +310,10 @@ class Outbox:
                             state="sent",
                             sid=result.sid,
                             sent_at=now,
-                            delivery_status=result.status,
+                            # a status callback may have come first: keep the newer status
+                            delivery_status=func.coalesce(
+                                notifications.c.delivery_status, result.status
+                            ),
                             error=None,
                         )
                     )

@@ -478,3 +478,21 @@ async def test_status_callback_is_recorded_in_the_audit(
         assert [(e["data"]["sid"], e["data"]["status"]) for e in statuses] == [
             (sent.sid, "delivered")
         ]
+
+
+async def test_second_guards_ok_is_told_who_already_acknowledged(
+    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble
+) -> None:
+    async with site(tmp_path, mosquitto, twilio_double) as (gw, p, _):
+        await start_session(p)
+        alarm_id, code, _t0 = await sos_notified(gw, p, twilio_double)
+        # step 1 (2 s) tells guard-2 too
+        await twilio_double.wait_for(lambda d: len(to(d, "guard-2")) >= 1, timeout=4)
+        assert await sms(gw, "guard-2", f"OK {code}") == texts.ack_confirmation(
+            "nb", code, "sos", "Ola Nordmann"
+        )
+        late = await sms(gw, "guard-1", f"OK {code}")
+        assert late == texts.already_acknowledged("nb", code, "Guro Vakt")
+        a = await get_alarm(gw, alarm_id)
+        assert (a["state"], a["acknowledged_by"]) == ("acknowledged", "guard-2")
+        assert len(timeline(a, "alarm_acknowledged")) == 1

@@ -418,14 +418,14 @@ class HttpApi:
             if not chosen:
                 # the code of an open alarm this person was not told about: let the engine
                 # refuse it (audited as ack_refused) rather than answer "unknown code"
+                # (acknowledged alarms keep their code until resolved: a second guard's OK
+                # is told who is already on the way)
                 async with self.engine.store.tx() as conn:
-                    chosen = [
-                        a
-                        for a in await q.open_alarms(conn, ("prealarm", "escalating"))
-                        if a["code"] == reply.code
-                    ]
+                    chosen = [a for a in await q.open_alarms(conn) if a["code"] == reply.code]
             if not chosen:
                 return _xml(sms_reply(texts.ack_reply_error(lang, "unknown_code")))
+            if chosen[0]["state"] == "acknowledged":
+                return _xml(sms_reply(self._already(chosen[0])))
         else:
             if not candidates:
                 return _xml(sms_reply(texts.ack_reply_error(lang, "no_open_alarm")))
@@ -433,6 +433,8 @@ class HttpApi:
                 return _xml(sms_reply(texts.ack_reply_error(lang, "ambiguous")))
             chosen = candidates
         res = await self.engine.ack([chosen[0]["id"]], by=person.id, via="sms", person_id=person.id)
+        if res.error == "already_acknowledged" and res.alarms:
+            return _xml(sms_reply(self._already(res.alarms[0])))
         if not res.ok:
             problem: texts.AckProblem = (
                 "not_allowed" if res.error == "not_allowed" else "no_open_alarm"
@@ -444,6 +446,12 @@ class HttpApi:
             sms_reply(
                 texts.ack_confirmation(lang, a["code"], a["kind"], worker.name if worker else None)
             )
+        )
+
+    def _already(self, a: dict[str, Any]) -> str:
+        by = self.cfg.person(a["acknowledged_by"] or "")
+        return texts.already_acknowledged(
+            self.cfg.gateway.language, a["code"], by.name if by else a["acknowledged_by"]
         )
 
     async def twilio_voice(self, request: web.Request, params: dict[str, str]) -> web.Response:

@@ -370,6 +370,17 @@ _ACK_ERRORS: Final[dict[str, dict[str, str]]] = {
 }
 
 
+def already_acknowledged(lang: Lang, code: str, by_name: str | None) -> str:
+    """Reply to a guard whose OK came after someone else's: help is already on its way."""
+    code = _code(code)
+    who = _name(by_name)
+    if lang == "nb":
+        by = f" av {who}" if who else ""
+        return f"Alarm {code} er allerede kvittert{by}. Ingen flere varsler sendes."
+    by = f" by {who}" if who else ""
+    return f"Alarm {code} was already acknowledged{by}. No more notifications are sent."
+
+
 def ack_reply_error(lang: Lang, problem: AckProblem) -> str:
     """Reply to an SMS that could not acknowledge anything."""
     try:
