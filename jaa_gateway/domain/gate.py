@@ -193,8 +193,7 @@ def decide_start(
         if holder_device is None:
             return Denied(
                 "jaa_required",
-                f"Risk assessment {_ids(in_hours)} {needs}, "
-                f"and {person.name} has none registered.",
+                f"Risk assessment {_ids(in_hours)} {needs}, and {person.name} has none registered.",
             )
         return Denied(
             "jaa_required",
