@@ -23,6 +23,7 @@ from jaa_gateway.metrics import Metrics
 from jaa_gateway.notify import make_notifier
 from jaa_gateway.notify.base import Notifier
 from jaa_gateway.outbox import Outbox
+from jaa_gateway.selfwatch import SelfWatch
 from jaa_gateway.store.db import Store
 
 log = structlog.get_logger("jaa_gateway.app")
@@ -70,12 +71,18 @@ class App:
         self.engine = Engine(
             cfg, self.store, self.mqtt, self.deadlines, self.metrics, wake_outbox=self.outbox.wake
         )
+        self.selfwatch = SelfWatch(
+            cfg, self.store, self.outbox, self.notifier, self.mqtt, self.metrics
+        )
         self.loop_lag = 0.0
         self.http = HttpApi(
             self.engine,
             Health(
                 mqtt_connected=lambda: self.mqtt.connected,
                 loop_lag=lambda: self.loop_lag,
+                extra=lambda: [
+                    f"degraded: {self.selfwatch.details.get(r, r)}" for r in self.selfwatch.reasons
+                ],
             ),
         )
         self.ready = asyncio.Event()
@@ -88,6 +95,7 @@ class App:
         self.metrics.inbox_depth.set(self.inbox.qsize())
 
     async def _on_connect(self) -> None:
+        await self.selfwatch.republish()
         await self.engine.republish_open_alarms()
 
     async def _consume(self) -> None:
@@ -195,6 +203,7 @@ class App:
                 tg.create_task(self._lag_monitor(), name="loop-lag")
                 tg.create_task(self._watchdog(), name="watchdog")
                 tg.create_task(self._housekeeping(), name="housekeeping")
+                tg.create_task(self.selfwatch.run(), name="selfwatch")
                 tg.create_task(self._wait_ready(), name="ready")
                 tg.create_task(self._wait_stop(), name="stop")
                 log.info("gateway_started", startup_s=round(time.monotonic() - t0, 3))

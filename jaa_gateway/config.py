@@ -281,6 +281,9 @@ class NotifySection(_Frozen):
     retry_for: Duration = dt.timedelta(minutes=10)
     # at most one call per number this often (caller-ID spam flagging)
     call_spacing: Duration = dt.timedelta(seconds=30)
+    # notifications failing this long (or the database unwritable): the gateway raises its own
+    # gateway_degraded notice and says "degraded" on its status topic
+    degraded_after: Duration = dt.timedelta(minutes=2)
 
 
 class TwilioSection(_Frozen):

@@ -62,6 +62,11 @@ class Metrics:
         self.outbox_pending = Gauge(
             "jaa_outbox_pending", "Notifications waiting to be sent", registry=r
         )
+        self.degraded = Gauge(
+            "jaa_gateway_degraded",
+            "1 while the gateway cannot notify or cannot write its database",
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "jaa_event_loop_lag_seconds", "Last measured event loop lag", registry=r
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from typing import Final, Literal
 
 Lang = Literal["nb", "en"]
@@ -368,6 +369,24 @@ _ACK_ERRORS: Final[dict[str, dict[str, str]]] = {
         ),
     },
 }
+
+
+_DEGRADED: Final[dict[str, dict[str, str]]] = {
+    "nb": {
+        "notifications_failing": "SMS og oppringinger feiler",
+        "database_unwritable": "databasen kan ikke skrives til",
+    },
+    "en": {
+        "notifications_failing": "SMS and calls are failing",
+        "database_unwritable": "the database cannot be written",
+    },
+}
+
+
+def degraded_reasons(lang: Lang, codes: Sequence[str]) -> str:
+    """The gateway's own problems in words, for its gateway_degraded notice."""
+    table = _DEGRADED[_lang(lang)]
+    return ", ".join(table.get(c, c) for c in codes)
 
 
 def already_acknowledged(lang: Lang, code: str, by_name: str | None) -> str:
