@@ -103,6 +103,18 @@ def table(res: dict[str, Any]) -> str:
                 "p99 <= peer p99",
             )
         )
+        skipped = lat.get("not_sent_block_budget", {})
+        if any(skipped.values()):
+            rows.append(
+                (
+                    "  alarms not sent (block time budget)",
+                    str(skipped.get("gateway")),
+                    "-",
+                    str(skipped.get("peer")),
+                    "",
+                    "0",
+                )
+            )
         lost = lat.get("lost", {})
         if any(lost.values()):
             rows.append(

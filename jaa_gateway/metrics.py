@@ -14,6 +14,7 @@ REJECT_REASONS = (
     "bad_topic",
     "unknown_device",
     "duplicate",
+    "handler_error",
 )
 
 

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
 from jaa_gateway.cli import main
-from tests.support.broker import HOST, MosquittoBroker, free_port, probe
+from tests.support.broker import HOST, MosquittoBroker, MqttProbe, free_port, probe
 from tests.support.gateway import running_gateway, site_config, to_toml
 from tests.support.twilio_double import TwilioDouble
 
 
-async def _cli(*args: str, timeout: float = 20.0) -> tuple[int, str, str]:
+async def _cli(
+    *args: str, timeout: float = 20.0, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -28,6 +33,7 @@ async def _cli(*args: str, timeout: float = 20.0) -> tuple[int, str, str]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
@@ -159,3 +165,44 @@ async def test_against_the_real_gateway(
         )
         assert rc == 0, err
         assert '"reason":"unknown_badge"' in out
+
+
+@pytest.fixture
+def secured_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A broker like production: no anonymous access, each device pinned to its own topics."""
+    passwd, acl = tmp_path / "passwd", tmp_path / "acl"
+    for i, (user, password) in enumerate((("jaa-0042", "device-secret"), ("admin", "admin-pw"))):
+        create = ["-c"] if i == 0 else []
+        subprocess.run(["mosquitto_passwd", "-b", *create, str(passwd), user, password], check=True)
+    acl.write_text(
+        "user admin\ntopic readwrite jaa/#\n"
+        "pattern write jaa/device/%u/event\npattern read jaa/device/%u/cmd\n"
+    )
+    broker = MosquittoBroker(
+        tmp_path / "broker",
+        anonymous=False,
+        extra_conf=f"password_file {passwd}\nacl_file {acl}\n",
+    )
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+async def test_logs_in_as_the_device_with_the_password_from_the_environment(
+    secured_broker: MosquittoBroker,
+) -> None:
+    port = str(secured_broker.port)
+    async with MqttProbe(secured_broker.port, username="admin", password="admin-pw") as p:
+        await p.subscribe("jaa/device/+/event")
+        env = {**os.environ, "JAA_MQTT_PASSWORD": "device-secret"}
+        rc, _, err = await _cli(
+            "device", "jaa-0042", "checkin", "--port", port, "--wait", "0", env=env
+        )
+        assert rc == 0, err
+        await p.wait_message("jaa/device/jaa-0042/event", lambda s: s.json()["type"] == "checkin")
+        # without the password the broker refuses the login: a clear error, exit 1
+        env.pop("JAA_MQTT_PASSWORD")
+        rc, _, err = await _cli("device", "jaa-0042", "checkin", "--port", port, env=env)
+        assert rc == 1 and "error: MQTT broker" in err, err

@@ -110,6 +110,14 @@ class _Outgoing:
 
 
 class MqttEdge:
+    """The gateway's MQTT client. Run `run()` as a task; `stop()` ends it.
+
+    `on_event` gets every accepted inbound event, one at a time, in arrival order; while it
+    awaits, no further event is handed over (backpressure). `on_connect` runs after each
+    successful (re)connect and subscribe, concurrently with event delivery; it is cancelled
+    if that connection ends first and runs again on the next one.
+    """
+
     def __init__(
         self,
         section: MqttSection,
@@ -312,10 +320,12 @@ class MqttEdge:
                             )
                     log.info("mqtt_disconnecting", graceful=graceful)
                 # Disconnected. The reader hands what aiomqtt already acknowledged to the
-                # handler before it ends.
+                # handler before it ends: without a limit while running (a slow engine is no
+                # reason to drop alarms), bounded when stopping (devices repeat, §3).
                 if reader is not None and not reader.done():
+                    limit = STOP_DRAIN_TIMEOUT if self._stopping.is_set() else None
                     try:
-                        await asyncio.wait_for(asyncio.shield(reader), STOP_DRAIN_TIMEOUT)
+                        await asyncio.wait_for(asyncio.shield(reader), limit)
                     except TimeoutError:
                         log.error("mqtt_drain_timeout", left=len(client.messages))
                         reader.cancel()

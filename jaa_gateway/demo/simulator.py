@@ -238,7 +238,8 @@ async def send_and_listen(
         port,
         f"jaa-cli-{sender}",
         topics=[answers],
-        username=username,
+        # the broker's ACL pins a login to its own topics (%u = the device or door id)
+        username=username or sender,
         password=password,
         tls_ca=tls_ca,
         on_message=show,
