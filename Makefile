@@ -49,3 +49,9 @@ bench: $(VENV)/.test-installed check-mosquitto
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# The long crash loop (issue 7): >= 200 SIGKILLs of the daemon, invariants checked after each
+# restart, counts printed. CHAOS_KILLS / CHAOS_SEED / CHAOS_REPORT override.
+.PHONY: chaos
+chaos: $(VENV)/.test-installed check-mosquitto
+	CHAOS_KILLS=$${CHAOS_KILLS:-200} $(BIN)/pytest -q tests/test_chaos.py -k crash_loop

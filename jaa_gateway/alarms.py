@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("jaa_gateway.alarms")
 
 ESCALATING = ("prealarm", "escalating")
+# built once: constructing a statement per row costs more than running it
+_INSERT_NOTIFICATION = insert(notifications)
 
 
 @dataclass(frozen=True)
@@ -74,19 +76,20 @@ class AlarmOps:
         body: str,
     ) -> None:
         await tx.conn.execute(
-            insert(notifications).values(
-                alarm=alarm,
-                purpose=purpose,
-                k=k,
-                person=person,
-                phone=phone,
-                channel=channel,
-                body=body,
-                state="pending",
-                attempts=0,
-                next_attempt_at=tx.ts,
-                created_at=tx.ts,
-            )
+            _INSERT_NOTIFICATION,
+            {
+                "alarm": alarm,
+                "purpose": purpose,
+                "k": k,
+                "person": person,
+                "phone": phone,
+                "channel": channel,
+                "body": body,
+                "state": "pending",
+                "attempts": 0,
+                "next_attempt_at": tx.ts,
+                "created_at": tx.ts,
+            },
         )
         tx.wake_outbox = True
 
@@ -151,12 +154,20 @@ class AlarmOps:
     # ------------------------------------------------------------------ raising
 
     async def _new_code(self, tx: Tx) -> str:
-        taken = {a["code"] for a in await q.open_alarms(tx.conn)}
-        for _ in range(100):
-            code = f"{secrets.randbelow(10000):04d}"
+        """A 4-digit code, unique among open alarms while that is possible.
+
+        With thousands of open alarms the 10,000 codes run out; raising the alarm matters more
+        than a unique code, so a taken one is used then. An SMS reply is matched only against
+        the alarms its sender was told about, and two of those with one code get "ambiguous".
+        """
+        taken = await q.open_codes(tx.conn)
+        code = f"{secrets.randbelow(10000):04d}"
+        for _ in range(50):
             if code not in taken:
                 return code
-        raise RuntimeError("no free acknowledgement code")  # > 100 tries with < 10k open alarms
+            code = f"{secrets.randbelow(10000):04d}"
+        log.warning("alarm_code_reused", open_alarms=len(taken))
+        return code
 
     async def _open(
         self,

@@ -198,7 +198,7 @@ class App:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.mqtt.run(), name="mqtt")
                 tg.create_task(self._consume(), name="inbox")
-                tg.create_task(self.deadlines.run(self.engine.on_deadline), name="deadlines")
+                tg.create_task(self.deadlines.run(self.engine.on_deadlines), name="deadlines")
                 tg.create_task(self.outbox.run(), name="outbox")
                 tg.create_task(self._lag_monitor(), name="loop-lag")
                 tg.create_task(self._watchdog(), name="watchdog")

@@ -16,7 +16,7 @@ import re
 import tomllib
 import typing
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -54,7 +54,10 @@ def parse_duration(value: object) -> dt.timedelta:
     elif isinstance(value, bool):
         raise ValueError(f"a duration is not true/false ({_DURATION_HINT})")
     elif isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer too large for a float (e.g. 400 digits of JSON)
+            raise ValueError("a duration cannot be longer than 366 days") from None
     elif isinstance(value, str):
         m = _DURATION_RE.match(value)
         if not m and value.strip().startswith("-"):
@@ -430,6 +433,14 @@ _T = typing.TypeVar("_T", bound=BaseModel)
 # per-Config look-up indexes, kept outside the model: pydantic compares private attributes in
 # ==, so a cache on the instance would make two equal configs unequal after a look-up
 _INDEXES: dict[int, dict[str, tuple[object, dict[str, Any]]]] = {}
+# what each index is keyed on; look-ups run per event, a scan of 10,000 people would not do
+_INDEX_KEYS: dict[str, Callable[[Any], Iterable[str]]] = {
+    "id": lambda item: (item.id,),
+    "badge": lambda person: [b.upper() for b in person.badges],
+    "phone": lambda person: (person.phone,),
+    "person": lambda device: (device.person,),
+    "door": lambda location: location.doors,
+}
 
 
 class Config(_Frozen):
@@ -446,22 +457,25 @@ class Config(_Frozen):
     escalation_chains: list[Chain] = Field(default_factory=list)
     assessments: list[Assessment] = Field(default_factory=list)
 
-    def _lookup(self, attr: str, key: str) -> Any:
+    def _lookup(self, attr: str, key: str, by: str = "id") -> Any:
+        """Look an item of list `attr` up by `by` (an index built once per model)."""
         items = getattr(self, attr)
         indexes = _INDEXES.get(id(self))
         if indexes is None:
             indexes = _INDEXES[id(self)] = {}
             # dropped with the model, so a later object reusing its id() starts afresh
             weakref.finalize(self, _INDEXES.pop, id(self), None)
-        cached = indexes.get(attr)
+        name = f"{attr}:{by}"
+        cached = indexes.get(name)
         # keyed on the list object too: a model_copy(update=...) that replaces a list gets a new
         # object id anyway, but this keeps the index honest whatever happens to the model
         if cached is None or cached[0] is not items:
             index: dict[str, Any] = {}
             for item in items:
-                index.setdefault(item.id, item)
+                for k in _INDEX_KEYS[by](item):
+                    index.setdefault(k, item)
             cached = (items, index)
-            indexes[attr] = cached
+            indexes[name] = cached
         return cached[1].get(key)
 
     @property
@@ -493,29 +507,20 @@ class Config(_Frozen):
         return found
 
     def person_by_badge(self, badge: str) -> Person | None:
-        key = badge.upper()
-        for p in self.people:
-            if any(b.upper() == key for b in p.badges):
-                return p
-        return None
+        found: Person | None = self._lookup("people", badge.upper(), "badge")
+        return found
 
     def person_by_phone(self, phone: str) -> Person | None:
-        for p in self.people:
-            if p.phone == phone:
-                return p
-        return None
+        found: Person | None = self._lookup("people", phone, "phone")
+        return found
 
     def device_of(self, person_id: str) -> Device | None:
-        for d in self.devices:
-            if d.person == person_id:
-                return d
-        return None
+        found: Device | None = self._lookup("devices", person_id, "person")
+        return found
 
     def location_of_door(self, door_id: str) -> Location | None:
-        for loc in self.locations:
-            if door_id in loc.doors:
-                return loc
-        return None
+        found: Location | None = self._lookup("locations", door_id, "door")
+        return found
 
 
 # --------------------------------------------------------------------------- loading

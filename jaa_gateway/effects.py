@@ -14,7 +14,12 @@ from jaa_gateway.adapters.scheduler import Key
 
 class Publisher(Protocol):
     async def publish(
-        self, topic: str, payload: dict[str, Any] | bytes | None, *, retain: bool = False
+        self,
+        topic: str,
+        payload: dict[str, Any] | bytes | None,
+        *,
+        retain: bool = False,
+        wait: bool = True,
     ) -> None: ...
 
 
@@ -37,3 +42,13 @@ class Tx:
     def set_timer(self, key: Key, due: float | None) -> None:
         """Schedule (or with None, drop) the deadline `key`."""
         self.timers.append((key, due))
+
+    def mark(self) -> tuple[int, int, int, bool]:
+        """Where the effects stand now (with a SAVEPOINT: what to drop if it rolls back)."""
+        return (len(self.publishes), len(self.timers), len(self.after_commit), self.wake_outbox)
+
+    def rollback_to(self, mark: tuple[int, int, int, bool]) -> None:
+        del self.publishes[mark[0] :]
+        del self.timers[mark[1] :]
+        del self.after_commit[mark[2] :]
+        self.wake_outbox = mark[3]

@@ -76,15 +76,19 @@ class Engine(AlarmOps):
         self._recent_heartbeats: dict[tuple[str, str], None] = {}
         self._last_notice: dict[str, dt.datetime] = {}
         self.assessments: dict[str, Assessment] = {}
+        self._assessments_by_person: dict[str, list[Assessment]] = {}
 
     # ------------------------------------------------------------------ plumbing
 
     @asynccontextmanager
-    async def unit(self) -> AsyncIterator[Tx]:
+    async def unit(self, *, wait_publish: bool = True) -> AsyncIterator[Tx]:
         """Lock + transaction; effects are applied only after a successful commit.
 
         MQTT answers go out after the lock is released: waiting for a broker's PUBACK must
-        not hold up the next event or deadline.
+        not hold up the next event or deadline. ``wait_publish=False`` does not wait for it at
+        all: deadlines fire one after another, and a broker that hangs without closing the
+        connection would otherwise hold every later timer (alarm steps included) for the
+        edge's operation timeout (CONTRACT §7.2: timers keep running while the broker is away).
         """
         async with self.lock:
             async with self.store.tx() as conn:
@@ -101,7 +105,7 @@ class Engine(AlarmOps):
                 fn()
         for topic, payload, retain in tx.publishes:
             try:
-                await self.publisher.publish(topic, payload, retain=retain)
+                await self.publisher.publish(topic, payload, retain=retain, wait=wait_publish)
             except Exception:
                 log.exception("mqtt_publish_failed", topic=topic)
 
@@ -152,7 +156,10 @@ class Engine(AlarmOps):
         )
 
     async def _load_assessments(self, tx: Tx) -> None:
+        """Config assessments into the store (config wins on conflicts), API ones back out."""
         stored = {r["id"]: r for r in (await tx.conn.execute(select(assessments))).mappings()}
+        in_config = {a.id for a in self.cfg.assessments}
+        rows: list[dict[str, Any]] = []
         for a in self.cfg.assessments:
             data = a.model_dump(mode="json")
             old = stored.get(a.id)
@@ -167,19 +174,52 @@ class Engine(AlarmOps):
                     assessment=a.id,
                 )
             if old is None or old["data"] != data or old["source"] != "config":
-                await tx.conn.execute(delete(assessments).where(assessments.c.id == a.id))
-                await tx.conn.execute(
-                    insert(assessments).values(
-                        id=a.id, data=data, source="config", updated_at=tx.ts, updated_by="config"
-                    )
+                rows.append(
+                    {
+                        "id": a.id,
+                        "data": data,
+                        "source": "config",
+                        "updated_at": tx.ts,
+                        "updated_by": "config",
+                    }
                 )
-        rows = (await tx.conn.execute(select(assessments))).mappings()
-        self.assessments = {}
-        for r in rows:
+        # an assessment taken out of the config file no longer allows anything
+        gone = [i for i, r in stored.items() if r["source"] == "config" and i not in in_config]
+        for i in range(0, len(gone), 500):
+            await tx.conn.execute(
+                delete(assessments).where(assessments.c.id.in_(gone[i : i + 500]))
+            )
+        for aid in gone:
+            log.warning("assessment_removed_with_config", assessment=aid)
+            await q.add_audit(
+                tx.conn, tx.ts, "assessment_removed_with_config", actor="config", assessment=aid
+            )
+        ids = [r["id"] for r in rows]
+        for i in range(0, len(ids), 500):
+            await tx.conn.execute(delete(assessments).where(assessments.c.id.in_(ids[i : i + 500])))
+        if rows:
+            await tx.conn.execute(insert(assessments), rows)
+        loaded: dict[str, Assessment] = {a.id: a for a in self.cfg.assessments}
+        for aid, r in stored.items():
+            if aid in in_config or r["source"] != "api":
+                continue
             try:
-                self.assessments[r["id"]] = Assessment.model_validate(r["data"])
+                loaded[aid] = Assessment.model_validate(r["data"])
             except Exception:
-                log.error("assessment_unreadable", assessment=r["id"])
+                log.error("assessment_unreadable", assessment=aid)
+        self._set_assessments(loaded)
+
+    def _set_assessments(self, items: dict[str, Assessment]) -> None:
+        self.assessments = items
+        by_person: dict[str, list[Assessment]] = {}
+        for a in items.values():
+            by_person.setdefault(a.person, []).append(a)
+        self._assessments_by_person = by_person
+
+    def _put_assessment_cached(self, a: Assessment) -> None:
+        items = dict(self.assessments)
+        items[a.id] = a
+        self._set_assessments(items)
 
     async def put_assessment(self, a: Assessment, actor: str) -> str:
         """Store an assessment from the API; returns 'created' or 'updated'."""
@@ -210,7 +250,7 @@ class Engine(AlarmOps):
             await q.add_audit(
                 tx.conn, tx.ts, f"assessment_{result}", actor=actor, assessment=a.id, data=data
             )
-            tx.after_commit.append(lambda: self.assessments.__setitem__(a.id, a))
+            tx.after_commit.append(lambda: self._put_assessment_cached(a))
         return result
 
     # ------------------------------------------------------------------ inbound events
@@ -478,7 +518,10 @@ class Engine(AlarmOps):
                     f"You already have a lone-work session at "
                     f"{where.name if where else active['location']}; end it first.",
                 )
-        last_seen = {d: from_ts(st.last_seen) for d, st in self.devices.items()}
+        # only the holder's device matters to the gate; the fleet may be 10,000 devices
+        own = self.cfg.device_of(person.id) if person is not None else None
+        own_state = self.devices.get(own.id) if own is not None else None
+        last_seen = {own.id: from_ts(own_state.last_seen)} if own and own_state else {}
         decision = gate.decide_start(
             self.cfg,
             now=tx.now,
@@ -486,7 +529,7 @@ class Engine(AlarmOps):
             location_id=location_id,
             source="device" if source == "device" else "badge",
             device_id=device_id,
-            assessments=list(self.assessments.values()),
+            assessments=self._assessments_by_person.get(person.id, []) if person else [],
             device_last_seen=last_seen,
             planned_minutes=planned_minutes,
         )
@@ -691,20 +734,37 @@ class Engine(AlarmOps):
     # ------------------------------------------------------------------ deadlines
 
     async def on_deadline(self, key: Key, due: float) -> None:
+        await self.on_deadlines([(key, due)])
+
+    async def on_deadlines(self, items: list[tuple[Key, float]]) -> None:
+        """Deadlines due together run in one transaction (one commit, not one each: 10,000
+        check-ins lapsing in the same minute must not queue behind 10,000 fsyncs). Each runs
+        under its own SAVEPOINT, so one that fails is retried alone and spoils no other."""
+        async with self.unit(wait_publish=False) as tx:
+            for key, _due in items:
+                mark = tx.mark()
+                try:
+                    async with tx.conn.begin_nested():
+                        await self._deadline(tx, key)
+                except Exception:
+                    tx.rollback_to(mark)
+                    log.exception("deadline_failed", kind=key[0], entity=key[1])
+                    tx.set_timer(key, tx.ts + 1.0)
+
+    async def _deadline(self, tx: Tx, key: Key) -> None:
         kind, entity = key
-        async with self.unit() as tx:
-            if kind == "alarm":
-                await self.alarm_deadline(tx, entity)
-                return
-            s = await q.get_session(tx.conn, entity)
-            if s is None or not s["active"]:
-                return
-            if kind == "checkin":
-                await self._checkin_deadline(tx, s)
-            elif kind == "overrun":
-                await self._overrun_deadline(tx, s)
-            elif kind == "offline":
-                await self._offline_deadline(tx, s)
+        if kind == "alarm":
+            await self.alarm_deadline(tx, entity)
+            return
+        s = await q.get_session(tx.conn, entity)
+        if s is None or not s["active"]:
+            return
+        if kind == "checkin":
+            await self._checkin_deadline(tx, s)
+        elif kind == "overrun":
+            await self._overrun_deadline(tx, s)
+        elif kind == "offline":
+            await self._offline_deadline(tx, s)
 
     async def _checkin_deadline(self, tx: Tx, s: dict[str, Any]) -> None:
         if s["checkin_state"] == "waiting":

@@ -34,6 +34,9 @@ log = structlog.get_logger("jaa_gateway.outbox")
 
 BATCH = 200
 MAX_IN_FLIGHT = 32
+# while the database refuses to record an outcome (full, read-only), try again this often
+RECORD_RETRY_MIN = 0.5
+RECORD_RETRY_MAX = 5.0
 
 # a step notification may only start while its alarm is still escalating (the ack race)
 _ALARM_STILL_ESCALATING = or_(
@@ -285,10 +288,41 @@ class Outbox:
                 asyncio.get_running_loop().time() - t0
             )
         try:
-            await self._record(rows, channel, result, error)
+            await self._record_until_stored(rows, channel, result, error)
         finally:
             self._in_flight.difference_update(ids)
             self.wake()
+
+    async def _record_until_stored(
+        self,
+        rows: list[dict[str, Any]],
+        channel: str,
+        result: SendResult | None,
+        error: TransportError | None,
+    ) -> None:
+        """Record the outcome, retrying while the database refuses it.
+
+        A send task must not raise: its exception would end the outbox's task group, and with
+        it every later notification, while the daemon looked healthy. Meanwhile the rows stay
+        claimed ('sending'), so no other pass sends them again; a restart requeues them.
+        """
+        delay = RECORD_RETRY_MIN
+        while True:
+            try:
+                await self._record(rows, channel, result, error)
+                return
+            except Exception as exc:
+                log.error(
+                    "outbox_record_failed",
+                    channel=channel,
+                    notifications=[r["id"] for r in rows],
+                    sent=result is not None,
+                    error_type=type(exc).__name__,
+                    error=str(exc)[:200],
+                    retry_in_s=delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECORD_RETRY_MAX)
 
     async def _record(
         self,

@@ -25,13 +25,15 @@ from jaa_gateway.notify.base import Notifier, TransportError
 from jaa_gateway.notify.twiml import voice_reply
 from jaa_gateway.outbox import Outbox
 from jaa_gateway.store import queries as q
-from jaa_gateway.store.db import Store
+from jaa_gateway.store.db import Store, describe_error
 from jaa_gateway.timeutil import utcnow
 
 log = structlog.get_logger("jaa_gateway.selfwatch")
 
 CHECK_EVERY = 2.0
 RENOTIFY_AFTER = dt.timedelta(minutes=30)
+# audit entries kept while the database refuses them (oldest dropped beyond this)
+UNAUDITED_LIMIT = 100
 
 
 class SelfWatch:
@@ -56,6 +58,7 @@ class SelfWatch:
         self.reasons: list[str] = []
         self.details: dict[str, str] = {}
         self._notified_at: dt.datetime | None = None
+        self._unaudited: list[tuple[float, str, dict[str, Any]]] = []
         self.status_topic = f"{cfg.mqtt.topic_prefix}/gateway/status"
 
     async def check(self) -> list[str]:
@@ -75,7 +78,7 @@ class SelfWatch:
                 await self.store.probe_write()
         except Exception as exc:
             reasons.append("database_unwritable")
-            details["database_unwritable"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+            details["database_unwritable"] = f"database not writable ({describe_error(exc)})"
         self.details = details
         return reasons
 
@@ -127,11 +130,21 @@ class SelfWatch:
             await self._notify(reasons, now)
 
     async def _audit(self, event: str, **data: Any) -> None:
+        """Append to the audit log. An entry the database refuses is kept and written, with
+        its own time and marked delayed, by the next audit that gets through: otherwise a
+        degraded spell caused by the database itself would be missing from the log."""
+        self._unaudited.append((self.clock().timestamp(), event, data))
+        del self._unaudited[:-UNAUDITED_LIMIT]
         try:
             async with self.store.tx() as conn:
-                await q.add_audit(conn, self.clock().timestamp(), event, **data)
+                last = len(self._unaudited) - 1
+                for i, (ts, ev, fields) in enumerate(self._unaudited):
+                    extra: dict[str, Any] = {"delayed": True} if i < last else {}
+                    await q.add_audit(conn, ts, ev, **fields, **extra)
         except Exception:
-            log.warning("audit_unavailable", audit_event=event)
+            log.warning("audit_unavailable", audit_event=event, waiting=len(self._unaudited))
+            return
+        self._unaudited.clear()
 
     async def _notify(self, reasons: list[str], now: dt.datetime) -> None:
         lang = self.cfg.gateway.language

@@ -11,6 +11,7 @@ fail: an oracle that cannot fail would make the crash loop prove nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from jaa_gateway.domain import texts
 from tests.support.broker import MosquittoBroker
 from tests.support.chaos import (
     INF,
@@ -32,7 +34,10 @@ from tests.support.chaos import (
     check,
     step_offset,
 )
+from tests.support.gateway import PHONES
 from tests.support.twilio_double import TwilioDouble
+from tests.test_e2e_ack import reply_text, sms_params, sos_notified
+from tests.test_e2e_alarms import get_alarm, site
 
 # --------------------------------------------------------------------------- the oracle
 
@@ -131,27 +136,37 @@ def test_a_clean_escalation_passes_and_is_counted() -> None:
     assert (rep.counts["steps"], rep.counts["duplicates"], rep.counts["requests"]) == (4, 0, 5)
 
 
+# acknowledged late enough that step k=1 (due +1) had its whole allowance (3 s) before it;
+# the pages after +3 are still within theirs
+LATE_ACK = [_alarm(acknowledged_at=T0 + 6.0)]
+
+
 def test_a_due_step_never_enqueued_is_caught() -> None:
     rows, reqs = _world()
     rows, reqs = rows[:2] + rows[3:], reqs[:2] + reqs[3:]  # step k=1 lost
-    assert any("k=1" in v and "never enqueued" in v for v in _check(rows, reqs))
+    assert _check(rows, reqs) == []  # acknowledged (+3.5) within the step's allowance: fine
+    v = _check(rows, reqs, alarms=LATE_ACK)
+    assert any("k=1" in x and "never enqueued" in x for x in v), v
 
 
 def test_a_due_step_that_never_reached_twilio_is_caught() -> None:
     rows, reqs = _world()
     rows[2].update(state="pending", sid=None)
     del reqs[2]
-    assert any("k=1" in v and "never reached" in v for v in _check(rows, reqs))
+    v = _check(rows, reqs, alarms=LATE_ACK)
+    assert any("k=1" in x and "never reached" in x for x in v), v
 
 
 def test_a_step_due_during_an_outage_is_owed_only_after_the_restart() -> None:
     rows, reqs = _world()
     rows[2].update(state="pending", sid=None)
     del reqs[2]
+    alarms = [_alarm(acknowledged_at=T0 + 9.5)]
+    assert any("never reached" in x for x in _check(rows, reqs, alarms=alarms))
     hist = History()
     hist.outages = [Outage(T0 + 0.5, T0 + 8.0)]  # back at +8: +3 s of uptime is after +10
     hist.kills = [T0 + 0.5]
-    assert _check(rows, reqs, hist) == []
+    assert _check(rows, reqs, hist, alarms) == []
 
 
 def test_a_request_after_the_acknowledgement_is_caught() -> None:
@@ -245,7 +260,8 @@ def test_uptime_deadlines_and_the_timetable() -> None:
     h = History()
     h.outages = [Outage(10.0, 20.0), Outage(21.0, INF)]
     assert h.deadline_after(0.0, 3.0) == 3.0
-    assert h.deadline_after(9.0, 3.0) == 20.0 + 2.0 - 1.0  # 1 s before, then 1 s, then killed
+    assert h.deadline_after(9.0, 1.5) == 20.5  # 1 s before the outage, 0.5 s after it
+    assert h.deadline_after(9.0, 3.0) == INF  # 1 s, 1 s, then down for good
     assert h.deadline_after(15.0, 0.5) == 20.5
     assert h.deadline_after(15.0, 3.0) == INF  # down for good
     assert [step_offset(CHAIN, k) for k in range(4)] == [
@@ -255,6 +271,47 @@ def test_uptime_deadlines_and_the_timetable() -> None:
         (3.0, 1, True),
     ]
     assert step_offset(CHAIN | {"keep_paging": 0.0}, 2) is None
+
+
+# --------------------------------------------------------------------------- what it found
+
+
+async def test_a_retried_sms_ack_whose_first_try_failed_takes_effect(
+    tmp_path: Path,
+    mosquitto: MosquittoBroker,
+    twilio_double: TwilioDouble,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the crash loop: the SMS webhook's replay key was stored before the ack, so a
+    try cut short between the two (a kill, a database error) turned Twilio's retry of it into
+    a "replay" and the guard's OK was lost. A failing ack stands in for the kill here."""
+    async with site(tmp_path, mosquitto, twilio_double) as (gw, p, _):
+        alarm_id, code, _ = await sos_notified(gw, p, twilio_double)
+        assert gw.app is not None
+        engine = gw.app.engine
+        real_ack = engine.ack
+        tries = 0
+
+        async def ack_dies_once(*args: Any, **kwargs: Any) -> Any:
+            nonlocal tries
+            tries += 1
+            if tries == 1:
+                raise RuntimeError("the daemon died here")
+            return await real_ack(*args, **kwargs)
+
+        monkeypatch.setattr(engine, "ack", ack_dies_once)
+        params = sms_params(PHONES["guard-1"], f"OK {code}", sid="SM" + "cd" * 16)
+        status, _ = await gw.client.webhook("/twilio/sms", params)
+        assert status == 500
+        assert (await get_alarm(gw, alarm_id))["state"] == "escalating"
+        status, twiml = await gw.client.webhook("/twilio/sms", params)  # Twilio's retry
+        assert status == 200
+        assert reply_text(twiml) == texts.ack_confirmation("nb", code, "sos", "Ola Nordmann")
+        assert (await get_alarm(gw, alarm_id))["state"] == "acknowledged"
+        # once it has acted, the same webhook again is a replay: no reply, no effect
+        status, twiml = await gw.client.webhook("/twilio/sms", params)
+        assert status == 200 and reply_text(twiml) is None
+        assert tries == 2
 
 
 # --------------------------------------------------------------------------- the crash loop
@@ -276,7 +333,7 @@ async def test_crash_loop(
     run = ChaosRun(tmp_path, mosquitto, twilio_double, settings, log=progress)
     result = await run.run()
     report_path = Path(os.environ.get("CHAOS_REPORT") or tmp_path / "chaos-report.json")
-    report_path.write_text(json.dumps(result.as_json(), indent=2))
+    await asyncio.to_thread(report_path.write_text, json.dumps(result.as_json(), indent=2))
     # printed past pytest's capture, so the counts show with or without -s
     with capsys.disabled():
         print("\n" + result.summary() + f"\n  report: {report_path}", flush=True)

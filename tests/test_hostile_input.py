@@ -14,6 +14,7 @@ HOSTILE_EXAMPLES=<n> in the environment scales the number of generated inputs pe
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import json
 import logging
@@ -22,6 +23,7 @@ import re
 import secrets
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from jaa_gateway import logs
+from jaa_gateway.config import ConfigError, parse_config
 from tests.support.broker import MosquittoBroker, MqttProbe
 from tests.support.gateway import TOKEN, InProcessGateway, running_gateway, site_config
 from tests.support.twilio_double import TwilioDouble
@@ -88,14 +91,19 @@ def secured_broker(tmp_path: Path) -> Iterator[tuple[MosquittoBroker, str]]:
 
 
 @contextlib.contextmanager
-def json_logs() -> Iterator[None]:
-    """Log exactly as `jaa-gateway run` does (JSON lines on the current stdout), then restore."""
+def json_logs() -> Iterator[io.StringIO]:
+    """Log as `jaa-gateway run` does (JSON lines), into a buffer the test reads, then restore.
+
+    Not pytest's capsys: its stream is replaced between the setup and call phases, and the
+    daemon (set up in a fixture) would be left writing to a closed file."""
     saved = structlog.get_config()
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    buffer = io.StringIO()
     logs.configure("json")
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=buffer))
     try:
-        yield
+        yield buffer
     finally:
         structlog.configure(**saved)
         root.handlers[:] = handlers
@@ -116,8 +124,9 @@ class Hostile:
     p: MqttProbe
     twilio: TwilioDouble
     secrets: tuple[str, ...]
-    capsys: pytest.CaptureFixture[str]
+    log: io.StringIO
     caplog: pytest.LogCaptureFixture
+    log_read: int = 0
     log_lines: int = 0
     answers: int = 0
     baseline: tuple[Any, Any] | None = None
@@ -159,11 +168,12 @@ class Hostile:
             assert secret not in text, f"a secret leaked into {where}"
 
     def check_logs(self) -> None:
-        out = self.capsys.readouterr()
-        text = out.out + out.err + "\n".join(r.getMessage() for r in self.caplog.records)
+        out = self.log.getvalue()[self.log_read :]
+        self.log_read += len(out)
+        text = out + "\n".join(r.getMessage() for r in self.caplog.records)
         self.caplog.clear()
         self.check_text(text, "the log output")
-        lines = [ln for ln in out.out.splitlines() if ln.strip()]
+        lines = [ln for ln in out.splitlines() if ln.strip()]
         self.log_lines += len(lines)
         self.seen_logs.extend(lines[-200:])
         del self.seen_logs[:-2000]
@@ -178,12 +188,18 @@ class Hostile:
             "jaa/device/zz-barrier/event",
             {"id": eid, "type": "session_start", "location": "d1-123"},
         )
-        seen = await self.p.wait_message(
-            "jaa/device/zz-barrier/cmd",
-            lambda s: _json_or_none(s.payload, "re") == eid,
-            timeout,
-            since=since,
-        )
+        try:
+            seen = await self.p.wait_message(
+                "jaa/device/zz-barrier/cmd",
+                lambda s: _json_or_none(s.payload, "re") == eid,
+                timeout,
+                since=since,
+            )
+        except AssertionError as exc:
+            self.check_logs()
+            raise AssertionError(
+                "the daemon did not answer; its last log lines:\n" + "\n".join(self.seen_logs[-15:])
+            ) from exc
         assert json.loads(seen.payload)["reason"] == "unknown_device"
         self.answers += 1
 
@@ -210,6 +226,8 @@ def hostile_config(
     cfg = site_config(tmp_path / "state.db", broker_port, twilio)
     cfg["mqtt"]["username"] = "jaa-gateway"
     cfg["mqtt"]["password"] = mqtt_password
+    # a long fuzzing run must not see the standing session's device go offline
+    cfg["timing"]["device_timeout"] = "1h"
     # one SMS step: who has been notified of the standing alarm stays fixed while fuzzing
     cfg["escalation_chains"][0]["steps"] = [
         {"after": "0s", "notify": ["roster:desk"], "via": ["sms"]}
@@ -226,7 +244,6 @@ async def hostile_site(
     tmp_path: Path,
     broker: tuple[MosquittoBroker, str],
     twilio: TwilioDouble,
-    capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
     patch: Callable[[dict[str, Any]], None] | None = None,
     standing: bool = True,
@@ -238,13 +255,13 @@ async def hostile_site(
     if patch is not None:
         patch(cfg)
     caplog.set_level(logging.INFO)
-    with json_logs():
+    with json_logs() as log_buffer:
         async with (
             running_gateway(cfg) as gw,
             MqttProbe(mosq.port, username="fuzzer", password="fuzzer-pw") as p,
         ):
             await p.subscribe("jaa/#")
-            h = Hostile(gw, p, twilio, (twilio.auth_token, TOKEN, password), capsys, caplog)
+            h = Hostile(gw, p, twilio, (twilio.auth_token, TOKEN, password), log_buffer, caplog)
             if standing:
                 await publish_and_wait(
                     h,
@@ -266,10 +283,9 @@ async def hostile(
     tmp_path: Path,
     secured_broker: tuple[MosquittoBroker, str],
     twilio_double: TwilioDouble,
-    capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> AsyncIterator[Hostile]:
-    async with hostile_site(tmp_path, secured_broker, twilio_double, capsys, caplog) as h:
+    async with hostile_site(tmp_path, secured_broker, twilio_double, caplog) as h:
         yield h
 
 
@@ -643,3 +659,173 @@ async def test_valid_looking_events_with_wrong_fields_are_refused(
 ) -> None:
     topic, payload, allowed = case
     await send_hostile(hostile, topic, payload, allowed)
+
+
+# --------------------------------------------------------------------------- specific cases
+
+
+async def get_alarm(h: Hostile, alarm_id: str) -> dict[str, Any]:
+    status, body = await h.api("GET", f"/api/alarms/{alarm_id}")
+    assert status == 200, body
+    assert isinstance(body, dict)
+    return body
+
+
+async def test_a_device_cannot_act_for_another_device(
+    tmp_path: Path,
+    secured_broker: tuple[MosquittoBroker, str],
+    twilio_double: TwilioDouble,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The sender is the topic's device, whatever the payload names (CONTRACT §3)."""
+
+    def patch(cfg: dict[str, Any]) -> None:
+        cfg["timing"]["prealarm_window"] = "20s"  # per's pre-alarm stays open during the test
+
+    async with hostile_site(
+        tmp_path, secured_broker, twilio_double, caplog, patch, standing=False
+    ) as h:
+        ola = await publish_and_wait(
+            h, "jaa-0042", {"type": "session_start", "location": "d1-123"}, "session_started"
+        )
+        per = await publish_and_wait(
+            h, "jaa-0043", {"type": "session_start", "location": "d1-123"}, "session_started"
+        )
+        pre = await publish_and_wait(h, "jaa-0043", {"type": "man_down"}, "prealarm")
+        per_alarm = pre["alarm"]
+        _, sessions_before = await h.state()
+        per_before = next(s for s in sessions_before if s["id"] == per["session"])
+        foreign = {"device": "jaa-0043", "person": "per", "session": per["session"]}
+
+        # ola's device cancels per's pre-alarm by id, claiming to be per's device
+        cancel_id = uid("cancel")
+        since = len(h.p.seen)
+        await h.p.publish(
+            "jaa/device/jaa-0042/event",
+            {"id": cancel_id, "type": "cancel", "alarm": per_alarm, **foreign},
+        )
+        answer = await h.p.wait_message(
+            "jaa/device/jaa-0042/cmd",
+            lambda s: _json_or_none(s.payload, "re") == cancel_id,
+            since=since,
+        )
+        assert json.loads(answer.payload) == {
+            "type": "alarm_cancelled",
+            "alarm": None,
+            "re": cancel_id,
+        }
+        assert (await get_alarm(h, per_alarm))["state"] == "prealarm"
+
+        # a check-in and a session end naming per act on ola's own session only
+        await h.p.publish(
+            "jaa/device/jaa-0042/event", {"id": uid("ck"), "type": "checkin", **foreign}
+        )
+        ended = await publish_and_wait(
+            h, "jaa-0042", {"type": "session_end", **foreign}, "session_ended"
+        )
+        assert ended["session"] == ola["session"]
+        _, sessions = await h.state()
+        assert sessions == [per_before], "per's session changed through ola's device"
+
+        # an sos naming per is ola's alarm
+        raised = await publish_and_wait(h, "jaa-0042", {"type": "sos", **foreign}, "alarm_raised")
+        mine = await get_alarm(h, raised["alarm"])
+        assert (mine["person"], mine["device"]) == ("ola", "jaa-0042")
+        assert not [
+            s
+            for s in h.p.seen
+            if s.topic == "jaa/device/jaa-0043/cmd"
+            and _json_or_none(s.payload, "alarm") == raised["alarm"]
+        ], "ola's alarm was reported to per's device"
+
+        # message ids are per sender: per's device may use the id ola's device used, and its
+        # cancel is its own (not a repeat of ola's)
+        since = len(h.p.seen)
+        await h.p.publish("jaa/device/jaa-0043/event", {"id": cancel_id, "type": "cancel"})
+        answer = await h.p.wait_message(
+            "jaa/device/jaa-0043/cmd",
+            lambda s: _json_or_none(s.payload, "re") == cancel_id,
+            since=since,
+        )
+        assert json.loads(answer.payload)["alarm"] == per_alarm
+        assert (await get_alarm(h, per_alarm))["state"] == "cancelled"
+        await h.barrier()
+        h.check_logs()
+
+
+NAMES = {
+    # right-to-left override and mark, emoji with a zero-width joiner, a combining accent, NUL,
+    # BEL, a line break and an Arabic ligature: all reach the config through TOML escapes
+    "ola": "Ola \u202eNordmann\u200f 👩\u200d🔧 e\u0301\x00\x07\nBråten ﷽",
+    "guard-1": "Geir \u2067ابن\u2069 Vakt 🚨",
+}
+LOCATION = "Lab D1\u2028-123 \x1b[31m 🧪 \u202e321"
+
+
+def _sendable(text: str) -> bool:
+    """An SMS/TTS text any carrier takes: UTF-8 encodable, no control characters but \\n."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return not any(
+        (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in text
+    )
+
+
+async def test_unicode_in_config_names_gives_valid_sms_and_calls(
+    tmp_path: Path,
+    secured_broker: tuple[MosquittoBroker, str],
+    twilio_double: TwilioDouble,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def patch(cfg: dict[str, Any]) -> None:
+        for person in cfg["people"]:
+            person["name"] = NAMES.get(person["id"], person["name"])
+        cfg["locations"][0]["name"] = LOCATION
+        cfg["escalation_chains"][0]["steps"] = [
+            {"after": "0s", "notify": ["roster:desk"], "via": ["sms", "call"]}
+        ]
+
+    async with hostile_site(
+        tmp_path, secured_broker, twilio_double, caplog, patch, standing=False
+    ) as h:
+        await publish_and_wait(
+            h, "jaa-0042", {"type": "session_start", "location": "d1-123"}, "session_started"
+        )
+        raised = await publish_and_wait(h, "jaa-0042", {"type": "sos"}, "alarm_raised")
+        await twilio_double.wait_for(lambda d: len(d.sms) >= 1 and len(d.calls) >= 1)
+        sms = twilio_double.sms[0]
+        assert sms.body is not None and _sendable(sms.body), repr(sms.body)
+        code = (await get_alarm(h, raised["alarm"]))["code"]
+        assert f"OK {code}" in sms.body
+        # the names are still recognisable, only the unsendable characters are gone
+        for part in ("Nordmann", "👩\u200d🔧", "Bråten", "Lab D1", "🧪"):
+            assert part in sms.body, (part, sms.body)
+        # the code line is a paragraph of its own: an override in a name cannot reorder it
+        assert [ln for ln in sms.body.split("\n") if f"OK {code}" in ln and "\u202e" not in ln]
+        twiml = twilio_double.calls[0].twiml or ""
+        root = ET.fromstring(twiml)  # well-formed XML, or Twilio refuses the call
+        spoken = " ".join(s.text or "" for s in root.iter("Say"))
+        assert "Nordmann" in spoken and _sendable(spoken), spoken
+
+        # an acknowledgement SMS reply from the guard is answered with valid TwiML too
+        status, answer = await h.gw.client.webhook(
+            "/twilio/sms",
+            {"From": "+4791234569", "Body": f"OK {code}", "MessageSid": uid("SM")},
+        )
+        assert status == 200, answer
+        h.check_text(answer, "the SMS webhook answer")
+        reply = "".join(m.text or "" for m in ET.fromstring(answer).iter("Message"))
+        assert code in reply and _sendable(reply), reply
+        assert (await get_alarm(h, raised["alarm"]))["state"] == "acknowledged"
+
+
+def test_a_name_that_is_not_text_is_a_config_error(tmp_path: Path) -> None:
+    """A lone surrogate (possible through ${ENV} with undecodable bytes) cannot become an SMS:
+    a clear config error rather than an alarm that cannot be sent."""
+    cfg = site_config(tmp_path / "state.db", 1, None)
+    cfg["people"][0]["name"] = "Ola \ud800 Nordmann"
+    with pytest.raises(ConfigError) as err:
+        parse_config(cfg, "site.toml")
+    assert "people[ola].name" in str(err.value)

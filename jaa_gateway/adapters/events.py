@@ -191,7 +191,10 @@ def _number(obj: dict[str, Any], key: str, low: float, high: float) -> float | N
         return None
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         _reject("bad_field", f"{key} must be a number")
-    value = float(raw)
+    try:
+        value = float(raw)
+    except OverflowError:  # an integer literal too large for a float (e.g. 400 digits)
+        _reject("bad_field", f"{key} must be within [{low:g}, {high:g}]")
     if not math.isfinite(value) or not low <= value <= high:
         _reject("bad_field", f"{key} must be within [{low:g}, {high:g}]")
     return value

@@ -7,11 +7,12 @@ changes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -29,6 +30,7 @@ from jaa_gateway.domain.replies import parse_sms_reply
 from jaa_gateway.engine import Engine
 from jaa_gateway.notify.twiml import sms_reply, voice_regather, voice_reply
 from jaa_gateway.store import queries as q
+from jaa_gateway.store.db import describe_error
 from jaa_gateway.store.schema import alarms, audit, notifications
 from jaa_gateway.timeutil import parse_rfc3339
 
@@ -37,6 +39,8 @@ log = structlog.get_logger("jaa_gateway.http")
 MAX_BODY = 64 * 1024
 _PLUS_OFFSET = re.compile(r" ([0-9]{2}:[0-9]{2})$")
 _ID_MAX = 64
+# line breaks and tabs may stand in a note; other control characters and surrogates may not
+_UNSTORABLE_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 @dataclass
@@ -60,6 +64,7 @@ class HttpApi:
         self.cfg = engine.cfg
         self.health = health
         self._tokens = self.cfg.http.token_names()
+        self._webhooks_in_progress: set[str] = set()
         self._validator = (
             RequestValidator(self.cfg.twilio.auth_token.get_secret_value())
             if self.cfg.twilio is not None
@@ -167,7 +172,7 @@ class HttpApi:
             async with asyncio.timeout(2.0):
                 await self.engine.store.probe_write()
         except Exception as exc:
-            problems.append(f"database: not writable ({type(exc).__name__}: {str(exc)[:120]})")
+            problems.append(f"database: not writable ({describe_error(exc, 120)})")
         lag = self.health.loop_lag()
         if lag > 1.0:
             problems.append(f"event loop: lagging {lag:.2f}s")
@@ -280,6 +285,9 @@ class HttpApi:
             return ""
         if not isinstance(value, str) or not value.strip():
             raise _BadRequest("bad_field", f"'{key}' is required and must be a non-empty string.")
+        if _UNSTORABLE_RE.search(value):
+            # a lone surrogate (a JSON escape like \ud800) cannot be stored or logged as UTF-8
+            raise _BadRequest("bad_field", f"'{key}' contains control characters or surrogates.")
         if len(value) > limit:
             raise _BadRequest("bad_field", f"'{key}' is longer than {limit} characters.")
         return value.strip()
@@ -377,13 +385,32 @@ class HttpApi:
 
     # ------------------------------------------------------------------ Twilio webhooks
 
-    async def _replayed(self, key: str) -> bool:
-        """A webhook Twilio (or an attacker replaying it) sends twice acts once."""
-        async with self.engine.unit() as tx:
-            if await q.get_processed(tx.conn, "twilio", key) is not None:
-                return True
-            await q.add_processed(tx.conn, "twilio", key, tx.ts, "webhook")
-        return False
+    @contextlib.asynccontextmanager
+    async def _once(self, key: str | None) -> AsyncIterator[bool]:
+        """A webhook Twilio (or an attacker replaying it) sends twice acts once: yields True for
+        a replay (seen before, or being handled right now). Otherwise the webhook acts in the
+        body and its key is stored after that, not before: a try cut short by a crash or an
+        error must not turn Twilio's retry of it into a "replay" (a guard's OK would be lost).
+        """
+        if key is None:
+            yield False
+            return
+        if key in self._webhooks_in_progress:
+            yield True
+            return
+        async with self.engine.store.tx() as conn:
+            seen = await q.get_processed(conn, "twilio", key) is not None
+        if seen:
+            yield True
+            return
+        self._webhooks_in_progress.add(key)
+        try:
+            yield False
+            async with self.engine.unit() as tx:
+                if await q.get_processed(tx.conn, "twilio", key) is None:
+                    await q.add_processed(tx.conn, "twilio", key, tx.ts, "webhook")
+        finally:
+            self._webhooks_in_progress.discard(key)
 
     async def twilio_sms(self, request: web.Request, params: dict[str, str]) -> web.Response:
         lang = self.cfg.gateway.language
@@ -400,53 +427,58 @@ class HttpApi:
                 sid=sid,
                 body=body[:200],
             )
-        if sid and await self._replayed(f"sms:{sid}"):
-            return _xml(sms_reply(None))
-        if person is None:
-            return _xml(sms_reply(texts.ack_reply_error(lang, "not_allowed")))
-        reply = parse_sms_reply(body)
-        if reply is None:
-            return _xml(sms_reply(texts.ack_reply_error(lang, "not_understood")))
-        async with self.engine.store.tx() as conn:
-            candidates = [
-                a
-                for a in await q.open_alarms(conn, ("prealarm", "escalating"))
-                if await q.was_notified(conn, a["id"], person.id)
-            ]
-        if reply.code is not None:
-            chosen = [a for a in candidates if a["code"] == reply.code]
-            if not chosen:
-                # the code of an open alarm this person was not told about: let the engine
-                # refuse it (audited as ack_refused) rather than answer "unknown code"
-                # (acknowledged alarms keep their code until resolved: a second guard's OK
-                # is told who is already on the way)
-                async with self.engine.store.tx() as conn:
-                    chosen = [a for a in await q.open_alarms(conn) if a["code"] == reply.code]
-            if not chosen:
-                return _xml(sms_reply(texts.ack_reply_error(lang, "unknown_code")))
-            if chosen[0]["state"] == "acknowledged":
-                return _xml(sms_reply(self._already(chosen[0])))
-        else:
-            if not candidates:
-                return _xml(sms_reply(texts.ack_reply_error(lang, "no_open_alarm")))
-            if len(candidates) > 1:
-                return _xml(sms_reply(texts.ack_reply_error(lang, "ambiguous")))
-            chosen = candidates
-        res = await self.engine.ack([chosen[0]["id"]], by=person.id, via="sms", person_id=person.id)
-        if res.error == "already_acknowledged" and res.alarms:
-            return _xml(sms_reply(self._already(res.alarms[0])))
-        if not res.ok:
-            problem: texts.AckProblem = (
-                "not_allowed" if res.error == "not_allowed" else "no_open_alarm"
+        async with self._once(f"sms:{sid}" if sid else None) as replayed:
+            if replayed:
+                return _xml(sms_reply(None))
+            if person is None:
+                return _xml(sms_reply(texts.ack_reply_error(lang, "not_allowed")))
+            reply = parse_sms_reply(body)
+            if reply is None:
+                return _xml(sms_reply(texts.ack_reply_error(lang, "not_understood")))
+            async with self.engine.store.tx() as conn:
+                candidates = [
+                    a
+                    for a in await q.open_alarms(conn, ("prealarm", "escalating"))
+                    if await q.was_notified(conn, a["id"], person.id)
+                ]
+            if reply.code is not None:
+                chosen = [a for a in candidates if a["code"] == reply.code]
+                if not chosen:
+                    # the code of an open alarm this person was not told about: let the engine
+                    # refuse it (audited as ack_refused) rather than answer "unknown code"
+                    # (acknowledged alarms keep their code until resolved: a second guard's OK
+                    # is told who is already on the way)
+                    async with self.engine.store.tx() as conn:
+                        chosen = [a for a in await q.open_alarms(conn) if a["code"] == reply.code]
+                if not chosen:
+                    return _xml(sms_reply(texts.ack_reply_error(lang, "unknown_code")))
+                if chosen[0]["state"] == "acknowledged":
+                    return _xml(sms_reply(self._already(chosen[0])))
+            else:
+                if not candidates:
+                    return _xml(sms_reply(texts.ack_reply_error(lang, "no_open_alarm")))
+                if len(candidates) > 1:
+                    return _xml(sms_reply(texts.ack_reply_error(lang, "ambiguous")))
+                chosen = candidates
+            res = await self.engine.ack(
+                [chosen[0]["id"]], by=person.id, via="sms", person_id=person.id
             )
-            return _xml(sms_reply(texts.ack_reply_error(lang, problem)))
-        a = res.alarms[0]
-        worker = self.cfg.person(a["person"]) if a["person"] else None
-        return _xml(
-            sms_reply(
-                texts.ack_confirmation(lang, a["code"], a["kind"], worker.name if worker else None)
+            if res.error == "already_acknowledged" and res.alarms:
+                return _xml(sms_reply(self._already(res.alarms[0])))
+            if not res.ok:
+                problem: texts.AckProblem = (
+                    "not_allowed" if res.error == "not_allowed" else "no_open_alarm"
+                )
+                return _xml(sms_reply(texts.ack_reply_error(lang, problem)))
+            a = res.alarms[0]
+            worker = self.cfg.person(a["person"]) if a["person"] else None
+            return _xml(
+                sms_reply(
+                    texts.ack_confirmation(
+                        lang, a["code"], a["kind"], worker.name if worker else None
+                    )
+                )
             )
-        )
 
     def _already(self, a: dict[str, Any]) -> str:
         by = self.cfg.person(a["acknowledged_by"] or "")
@@ -496,9 +528,10 @@ class HttpApi:
             if not spoken:
                 return _xml(voice_reply(texts.ack_reply_error(lang, "no_open_alarm"), vlang))
             return _xml(voice_regather(spoken, vlang, self.cfg.http.public_url + request.path_qs))
-        if call_sid and await self._replayed(f"voice:{call_sid}:{','.join(ids)}"):
-            return _xml(voice_reply(texts.ack_voice_confirmation(lang), vlang))
-        res = await self.engine.ack(ids, by=person.id, via="voice", person_id=person.id)
+        async with self._once(f"voice:{call_sid}:{','.join(ids)}" if call_sid else None) as again:
+            if again:
+                return _xml(voice_reply(texts.ack_voice_confirmation(lang), vlang))
+            res = await self.engine.ack(ids, by=person.id, via="voice", person_id=person.id)
         if not res.ok and res.error != "already_acknowledged":
             return _xml(
                 voice_reply(
@@ -515,30 +548,34 @@ class HttpApi:
         status = params.get("MessageStatus") or params.get("CallStatus") or ""
         if not sid or not status or len(sid) > 64 or len(status) > 32:
             return _error(400, "bad_status", "MessageSid/CallSid and a status are required.")
-        async with self.engine.store.tx() as conn:
-            rows = (
-                await conn.execute(
-                    select(notifications.c.id, notifications.c.alarm).where(
-                        notifications.c.sid == sid
+        # a replayed callback (same signature) must not move the status back or audit twice
+        async with self._once(f"status:{sid}:{status}") as replayed:
+            if replayed:
+                return web.Response(status=204)
+            async with self.engine.store.tx() as conn:
+                rows = (
+                    await conn.execute(
+                        select(notifications.c.id, notifications.c.alarm).where(
+                            notifications.c.sid == sid
+                        )
                     )
+                ).all()
+                await conn.execute(
+                    update(notifications)
+                    .where(and_(notifications.c.sid == sid))
+                    .values(delivery_status=status)
                 )
-            ).all()
-            await conn.execute(
-                update(notifications)
-                .where(and_(notifications.c.sid == sid))
-                .values(delivery_status=status)
-            )
-            await q.add_audit(
-                conn,
-                time.time(),
-                "delivery_status",
-                alarm=rows[0][1] if rows else None,
-                sid=sid,
-                status=status,
-                error_code=params.get("ErrorCode") or None,
-                answered_by=params.get("AnsweredBy") or None,
-                known=bool(rows),
-            )
+                await q.add_audit(
+                    conn,
+                    time.time(),
+                    "delivery_status",
+                    alarm=rows[0][1] if rows else None,
+                    sid=sid,
+                    status=status,
+                    error_code=params.get("ErrorCode") or None,
+                    answered_by=params.get("AnsweredBy") or None,
+                    known=bool(rows),
+                )
         return web.Response(status=204)
 
 

@@ -184,12 +184,15 @@ class MqttEdge:
         *,
         retain: bool = False,
         qos: int = 1,
+        wait: bool = True,
     ) -> None:
         """Send a message; returns once the broker has it, or at once while disconnected.
 
         While disconnected the message waits in the buffer and goes out, in order, after the
         next connect. A call made while connected also returns (message parked) if the
-        connection drops before the broker acknowledged it.
+        connection drops before the broker acknowledged it. ``wait=False`` returns as soon as
+        the message is in the buffer (same order and redelivery): for callers that must not
+        stall on a broker that hangs without closing the connection.
         """
         if qos not in (0, 1, 2):
             raise ValueError("qos must be 0, 1 or 2")
@@ -197,7 +200,7 @@ class MqttEdge:
             raise ValueError(f"{topic!r} is not a topic to publish to")
         self._seq += 1
         item = _Outgoing(self._seq, topic, encode_payload(payload), qos, retain)
-        if self._connected:
+        if self._connected and wait:
             item.waiter = asyncio.get_running_loop().create_future()
         self._enqueue(item)
         if item.waiter is not None:

@@ -21,6 +21,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 log = structlog.get_logger("jaa_gateway.timers")
 
 Key = tuple[str, str]  # (kind, entity id)
+BATCH = 200  # deadlines fired in one transaction
 
 
 class Deadlines:
@@ -78,21 +79,26 @@ class Deadlines:
             heapq.heappop(self._heap)
         return None
 
-    async def run(self, fire: Callable[[Key, float], Awaitable[None]]) -> None:
-        """Fire deadlines in order, forever. `fire` errors are logged, never fatal."""
+    async def run(self, fire: Callable[[list[tuple[Key, float]]], Awaitable[None]]) -> None:
+        """Fire due deadlines in order, in batches, forever. Errors are logged, never fatal."""
         while True:
             now = self._clock()
-            for key, due in self.pop_due(now):
+            due_now = self.pop_due(now)
+            for i in range(0, len(due_now), BATCH):
+                batch = due_now[i : i + BATCH]
                 if self._on_late is not None:
-                    self._on_late(max(0.0, self._clock() - due))
+                    t = self._clock()
+                    for _key, due in batch:
+                        self._on_late(max(0.0, t - due))
                 try:
-                    await fire(key, due)
+                    await fire(batch)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    # the entity stays in the store with its deadline: retry shortly
-                    log.exception("timer_fire_failed", kind=key[0], entity=key[1])
-                    self.set(key, self._clock() + 1.0)
+                    # the entities keep their deadlines in the store: retry shortly
+                    log.exception("timer_fire_failed", count=len(batch))
+                    for key, _due in batch:
+                        self.set(key, self._clock() + 1.0)
             nxt = self.next_due()
             self._changed.clear()
             timeout = None if nxt is None else max(0.0, nxt - self._clock())

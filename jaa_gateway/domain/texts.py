@@ -126,8 +126,14 @@ def _code(code: str) -> str:
     return code
 
 
+# Control characters (NUL, BEL, ESC ...) and lone surrogates: a name from config must not put
+# them into an SMS (carriers mangle or refuse them) or a call's TwiML.
+_UNSENDABLE_RE: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())  # no newlines or runs of spaces from config into an SMS
+    # no newlines, runs of spaces or control characters from config into an SMS
+    text = " ".join(_UNSENDABLE_RE.sub(" ", text).split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 

@@ -58,6 +58,10 @@ class Store:
         self.last_error: str | None = None
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            # the driver's own transaction handling starts transactions late and lets a
+            # RELEASE of the first SAVEPOINT commit; SQLAlchemy's documented recipe: the driver
+            # in autocommit mode, and an explicit BEGIN for each of our transactions
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[AsyncConnection]:
@@ -107,7 +111,23 @@ class Store:
         await self.engine.dispose()
 
 
+def describe_error(exc: BaseException, limit: int = 160) -> str:
+    """One line for an operator: the driver's own message (e.g. "OperationalError: database or
+    disk is full") rather than SQLAlchemy's wrapper with the statement and a help link."""
+    orig = getattr(exc, "orig", None)
+    shown = orig if isinstance(orig, BaseException) else exc
+    text_ = " ".join(str(shown).split())
+    if not text_:
+        text_ = "no answer in time" if isinstance(shown, TimeoutError) else "no detail"
+    return f"{type(shown).__name__}: {text_}"[:limit]
+
+
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")

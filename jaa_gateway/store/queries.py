@@ -12,6 +12,9 @@ from jaa_gateway.store.schema import alarms, audit, notifications, processed_eve
 Row = dict[str, Any]
 
 OPEN_STATES = ("prealarm", "escalating", "acknowledged")
+# built once: building a statement per call costs more than running it (SQLAlchemy's cache
+# key generation), and these run on every event
+_INSERT_AUDIT = insert(audit)
 
 
 def _one(result: Any) -> Row | None:
@@ -30,10 +33,21 @@ async def add_audit(
     **data: Any,
 ) -> None:
     await conn.execute(
-        insert(audit).values(
-            ts=ts, event=event, actor=actor, alarm=alarm, session=session, data=data or None
-        )
+        _INSERT_AUDIT,
+        {
+            "ts": ts,
+            "event": event,
+            "actor": actor,
+            "alarm": alarm,
+            "session": session,
+            "data": data or None,
+        },
     )
+
+
+async def open_codes(conn: AsyncConnection) -> set[str]:
+    rows = await conn.execute(select(alarms.c.code).where(alarms.c.state.in_(OPEN_STATES)))
+    return {r[0] for r in rows}
 
 
 async def get_processed(conn: AsyncConnection, sender: str, event_id: str) -> Row | None:

@@ -53,6 +53,7 @@ EARLY_DB = 0.01
 # a request's arrival is converted from this process's monotonic clock
 EARLY_WALL = 0.1
 
+KILL_MODES = ("random", "request", "event", "ack")
 GUARD = "guard-1"  # on duty (roster "desk"): step 0, so the one who can ack by SMS
 LOCATION = "chaos-lab"
 
@@ -70,11 +71,12 @@ class ChaosSettings:
     session_devices: int = 4
     # share of kills that hit the start-up itself (migrate, outbox recovery, engine start)
     startup_kill_share: float = 0.2
-    uptime_s: tuple[float, float] = (0.05, 2.0)  # how long the daemon lives after ready
+    kill_weights: tuple[float, ...] = (0.4, 0.25, 0.15, 0.2)  # of KILL_MODES
+    uptime_s: tuple[float, float] = (0.05, 1.2)  # how long the daemon lives after ready
     ack_delay_s: tuple[float, float] = (0.3, 4.0)  # from first sight of an open alarm
     sms_ack_share: float = 0.35
     resolve_share: float = 0.5
-    settle_s: float = 5.0  # after the last restart: guards ack everything, steps drain
+    settle_s: float = 4.0  # after the last restart: guards ack everything, steps drain
     keep_paging_s: float = 1.0
     step_slack: float = 3.0
     ack_in_flight: float = 1.0  # claim-before-ack to arrival: a request already on its way
@@ -175,6 +177,9 @@ class History:
     acks_confirmed: dict[str, float] = field(default_factory=dict)
     resolves_confirmed: dict[str, float] = field(default_factory=dict)
     acks_by: Counter[str] = field(default_factory=Counter)
+    # alarms whose SMS "OK" webhook, sent again after a try that got no answer, was taken for
+    # a replay while the first try had not acknowledged anything
+    lost_sms_acks: list[str] = field(default_factory=list)
 
     def wall(self, monotonic: float) -> float:
         return monotonic + self.clock_offset
@@ -201,6 +206,9 @@ class History:
             if cur == INF:
                 return INF
         return cur + left
+
+    def down_between(self, a: float, b: float) -> bool:
+        return any(o.start <= b and o.end >= a for o in self.outages)
 
     def kills_between(self, a: float, b: float) -> int:
         return sum(1 for k in self.kills if a <= k <= b)
@@ -445,6 +453,8 @@ def check(
                 f"{a['state'] if a else 'missing'}"
             )
     rep.counts["acks_confirmed"] = len(hist.acks_confirmed)
+    for aid in hist.lost_sms_acks:
+        bad(f"alarm {aid}: a retried SMS acknowledgement was dropped as a replay")
 
     # ---- sessions lapse into exactly one missed_checkin alarm, never early
     by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -538,6 +548,10 @@ def _check_escalation(
                     )
                 elif q.at > acked:
                     rep.counts["in_flight_at_ack"] += 1
+                    ms = int((q.at - acked) * 1000)
+                    rep.counts["in_flight_at_ack_max_ms"] = max(
+                        rep.counts["in_flight_at_ack_max_ms"], ms
+                    )
     # every step due before min(now, ack) went out, each target on each channel
     limit = min(now, acked)
     k = 0
@@ -551,6 +565,11 @@ def _check_escalation(
         if not rs:
             if plan[2] and _collapsed(chain, aid, k, start, step_rows, ks):
                 rep.counts["pages_collapsed"] += 1
+                nxt = step_offset(chain, k + 1)
+                assert nxt is not None
+                if not hist.down_between(due, start + nxt[0]):
+                    # the daemon was up: its timer was more than keep_paging late
+                    rep.counts["pages_collapsed_while_up"] += 1
             elif hist.deadline_after(due, p.step_slack) <= limit:
                 bad(f"alarm {aid}: step k={k} due at {due:.3f} was never enqueued")
             k += 1
@@ -599,6 +618,7 @@ class ChaosResult:
     counts: Counter[str]
     violations: list[str]
     acks_by: Counter[str]
+    kill_modes: Counter[str]
 
     def summary(self) -> str:
         c = self.counts
@@ -606,6 +626,7 @@ class ChaosResult:
             f"chaos: seed={self.settings.seed} kills={self.kills} "
             f"(during start-up {self.startup_kills}) checks={self.checks} "
             f"wall={self.wall_s:.1f}s",
+            f"  kill moments: {dict(sorted(self.kill_modes.items()))}",
             f"  alarms={c['alarms']} (sos {c['alarms_sos']}, missed_checkin "
             f"{c['alarms_missed_checkin']}) acknowledged={c['state_acknowledged']} "
             f"resolved={c['state_resolved']} escalating={c['state_escalating']}",
@@ -614,7 +635,9 @@ class ChaosResult:
             f"  steps={c['steps']} step_requests={c['step_requests_reached']} "
             f"requests={c['requests']} duplicates={c['duplicates']} "
             f"(rows duplicated twice+: {c['rows_duplicated_more_than_once']}) "
-            f"pages_collapsed={c['pages_collapsed']} in_flight_at_ack={c['in_flight_at_ack']}",
+            f"pages_collapsed={c['pages_collapsed']} (while up: {c['pages_collapsed_while_up']})",
+            f"  requests in flight when the ack was stored: {c['in_flight_at_ack']} "
+            f"(at most {c['in_flight_at_ack_max_ms']} ms after it)",
             f"  violations={len(self.violations)}",
         ]
         lines.extend(f"    - {v}" for v in self.violations[:50])
@@ -629,8 +652,20 @@ class ChaosResult:
             "wall_s": round(self.wall_s, 1),
             "counts": dict(self.counts),
             "acks_by": dict(self.acks_by),
+            "kill_modes": dict(self.kill_modes),
             "violations": self.violations,
         }
+
+
+async def _until(pred: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Poll `pred` until it holds (True) or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    # the router task updates plain attributes; polling them is simpler than an event each
+    while not pred():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(interval)
+    return True
 
 
 @dataclass
@@ -677,6 +712,11 @@ class ChaosRun:
         self.quiet = asyncio.Event()  # no new alarms or sessions from here on
         self.drain = asyncio.Event()  # guards acknowledge at once
         self.checks = 0
+        self.published = 0  # device events published (the "event" kill moment waits on it)
+        self.acks_started = 0
+        # alarm -> the SMS webhook that got no answer: sent again as is, as Twilio retries
+        self._sms_retry: dict[str, dict[str, str]] = {}
+        self.kill_modes: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         self.violations: list[str] = []
         self._probe: MqttProbe | None = None
@@ -721,6 +761,7 @@ class ChaosRun:
             counts=self.counts,
             violations=self.violations,
             acks_by=self.hist.acks_by,
+            kill_modes=self.kill_modes,
         )
 
     async def _watch(self, aw: Awaitable[Any]) -> None:
@@ -738,8 +779,10 @@ class ChaosRun:
         while len(self.hist.kills) < self.s.kills:
             if time.monotonic() - t0 > self.s.max_wall_s:
                 raise AssertionError(f"only {len(self.hist.kills)} kills in {self.s.max_wall_s} s")
-            await self._watch(asyncio.sleep(self.rng.uniform(*self.s.uptime_s)))
+            mode = self.rng.choices(KILL_MODES, weights=self.s.kill_weights)[0]
+            await self._watch(self._kill_moment(mode))
             self._kill()
+            self.kill_modes[mode] += 1
             if self.rng.random() < self.s.startup_kill_share:
                 # kill the start-up itself: migrate, outbox recovery, timers rebuilt
                 mark = self._log_size()
@@ -748,6 +791,7 @@ class ChaosRun:
                 await asyncio.sleep(self.rng.uniform(0.0, 0.3))
                 self._kill()
                 self.hist.startup_kills += 1
+                self.kill_modes["startup"] += 1
             self.gw.start()
             await self.gw.wait_ready(30)
             self.hist.ready(time.time())
@@ -757,6 +801,29 @@ class ChaosRun:
                     f"chaos: {len(self.hist.kills)} kills, {self.counts['alarms']} alarms, "
                     f"{time.monotonic() - t0:.0f} s"
                 )
+
+    async def _kill_moment(self, mode: str) -> None:
+        """Wait for the moment of the next kill.
+
+        random: any time in the daemon's life; request: just as a request reaches the double
+        (between Twilio's answer and the SID being stored: the duplicate window); event: just
+        after a device published a new event (between PUBACK and storage: the window the
+        device's repeats cover); ack: just as a guard's acknowledgement (API or SMS webhook)
+        went out.
+        """
+        if mode == "random":
+            await asyncio.sleep(self.rng.uniform(*self.s.uptime_s))
+            return
+        n_req, n_ev, n_ack = len(self.twilio.attempts), self.published, self.acks_started
+        await asyncio.sleep(self.rng.uniform(0.0, self.s.uptime_s[1] / 2))
+        if mode == "request":
+            with contextlib.suppress(AssertionError):  # nothing sent within the wait: kill
+                await self.twilio.wait_for(lambda d: len(d.attempts) > n_req, timeout=3.0)
+        elif mode == "event":
+            await _until(lambda: self.published > n_ev, 3.0, 0.002)
+        else:
+            await _until(lambda: self.acks_started > n_ack, 3.0, 0.002)
+        await asyncio.sleep(self.rng.uniform(0.0, 0.02))
 
     def _kill(self) -> None:
         self.hist.killed(time.time())
@@ -837,12 +904,9 @@ class ChaosRun:
         eid = payload["id"]
         while True:
             await p.publish(f"jaa/device/{dev.id}/event", payload)
-            deadline = time.monotonic() + 0.5
-            while time.monotonic() < deadline:
-                ans = dev.answers.get(eid)
-                if ans is not None and ans.get("type") in types:
-                    return ans
-                await asyncio.sleep(0.02)
+            self.published += 1
+            if await _until(lambda: dev.answers.get(eid, {}).get("type") in types, 0.5):
+                return dev.answers[eid]
 
     async def _sos_device(self, dev: _Device) -> None:
         n = 0
@@ -856,9 +920,7 @@ class ChaosRun:
                 dev, {"id": eid, "type": "sos"}, {"alarm_raised", "alarm_acknowledged"}
             )
             aid = ans["alarm"]
-            deadline = time.monotonic() + 10
-            while aid not in dev.acked and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
+            await _until(lambda aid=aid: aid in dev.acked, 10.0, 0.1)
 
     async def _session_device(self, dev: _Device) -> None:
         n = 0
@@ -876,9 +938,7 @@ class ChaosRun:
             )
             if ans["type"] == "session_started":
                 # no check-ins: the session lapses into a missed_checkin alarm
-                deadline = time.monotonic() + 8
-                while len(dev.raised) == mark and time.monotonic() < deadline:
-                    await asyncio.sleep(0.1)
+                await _until(lambda mark=mark: len(dev.raised) > mark, 8.0, 0.1)
                 await asyncio.sleep(dev.rng.uniform(0.2, 2.0))
             await self._end_session(dev, n)
 
@@ -920,7 +980,9 @@ class ChaosRun:
         if a["state"] == "escalating":
             at = self._ack_at.setdefault(aid, now + self.rng.uniform(*self.s.ack_delay_s))
             if now >= at or drain:
-                use_sms = self.rng.random() < self.s.sms_ack_share and self._guard_has_sms(a)
+                use_sms = aid in self._sms_retry or (
+                    self.rng.random() < self.s.sms_ack_share and self._guard_has_sms(a)
+                )
                 await (self._ack_sms(a) if use_sms else self._ack_api(a))
         elif a["state"] == "acknowledged" and not drain:
             at = self._resolve_at.setdefault(
@@ -941,6 +1003,7 @@ class ChaosRun:
         return any(r.to == phone and a["code"] in (r.body or "") for r in self.twilio.sms)
 
     async def _ack_api(self, a: dict[str, Any]) -> None:
+        self.acks_started += 1
         status, body = await self.client.api("POST", f"/api/alarms/{a['id']}/ack", {"by": GUARD})
         if status == 200 or (status == 409 and body.get("error") == "already_acknowledged"):
             self.hist.acks_confirmed.setdefault(a["id"], time.time())
@@ -948,7 +1011,8 @@ class ChaosRun:
                 self.hist.acks_by["api"] += 1
 
     async def _ack_sms(self, a: dict[str, Any]) -> None:
-        params = {
+        retry = self._sms_retry.get(a["id"])
+        params = retry or {
             "MessageSid": "SM" + secrets.token_hex(16),
             "AccountSid": self.twilio.account_sid,
             "From": PHONES[GUARD],
@@ -957,10 +1021,20 @@ class ChaosRun:
             "NumMedia": "0",
             "FromZip": "",
         }
+        self._sms_retry[a["id"]] = params
+        self.acks_started += 1
         status, xml = await self.client.webhook("/twilio/sms", params)
         if status != 200:
             return
+        del self._sms_retry[a["id"]]
         msg = ET.fromstring(xml).findtext("Message") or ""
+        if retry is not None and not msg:
+            # answered as a replay of the first try, which got no answer: unless that first
+            # try did acknowledge, the guard's OK is lost
+            st, body = await self.client.api("GET", f"/api/alarms/{a['id']}")
+            if st == 200 and body["state"] == "escalating":
+                self.hist.lost_sms_acks.append(a["id"])
+            return
         lang = self.cfg["gateway"]["language"]
         worker = self.names.get(a["person"]) if a["person"] else None
         if msg == texts.ack_confirmation(lang, a["code"], a["kind"], worker):

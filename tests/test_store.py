@@ -1,0 +1,66 @@
+"""The store: migrations, and transactions that mean what they say (a SAVEPOINT inside a unit
+of work rolls back alone and commits nothing by itself)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from jaa_gateway.store import queries as q
+from jaa_gateway.store.db import MIGRATIONS, Store
+from jaa_gateway.store.schema import audit
+
+
+async def _events(store: Store) -> list[str]:
+    async with store.tx() as conn:
+        return [r[0] for r in await conn.execute(select(audit.c.event).order_by(audit.c.seq))]
+
+
+async def test_migrations_are_applied_once_and_recorded(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    store = Store(f"sqlite:///{db}")
+    assert await store.migrate() == max(n for n, _, _ in MIGRATIONS)
+    assert await store.migrate() == max(n for n, _, _ in MIGRATIONS)
+    await store.close()
+    with sqlite3.connect(db) as c:
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        versions = [r[0] for r in c.execute("SELECT version FROM schema_migrations")]
+    assert versions == [n for n, _, _ in MIGRATIONS]
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    store = Store(f"sqlite:///{db}")
+    await store.migrate()
+    async with store.tx() as conn:
+        from jaa_gateway.store.schema import schema_migrations
+
+        await conn.execute(schema_migrations.insert().values(version=999, applied_at=0.0))
+    with pytest.raises(RuntimeError, match="newer"):
+        await store.migrate()
+    await store.close()
+
+
+async def test_savepoint_rolls_back_alone_and_release_does_not_commit(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    await store.migrate()
+    async with store.tx() as conn:
+        async with conn.begin_nested():
+            await q.add_audit(conn, 1.0, "kept")
+        with pytest.raises(ZeroDivisionError):
+            async with conn.begin_nested():
+                await q.add_audit(conn, 2.0, "rolled_back")
+                raise ZeroDivisionError
+    assert await _events(store) == ["kept"]
+    # a released SAVEPOINT is still part of the outer transaction: an error after it
+    # takes it back too
+    with pytest.raises(ZeroDivisionError):
+        async with store.tx() as conn:
+            async with conn.begin_nested():
+                await q.add_audit(conn, 3.0, "released_then_outer_failed")
+            raise ZeroDivisionError
+    assert await _events(store) == ["kept"]
+    await store.close()
