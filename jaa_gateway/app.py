@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -29,6 +30,8 @@ from jaa_gateway.store.db import Store
 log = structlog.get_logger("jaa_gateway.app")
 
 INBOX_SIZE = 20_000
+# session events ride with alarms, so an sos never overtakes the start that locates it
+URGENT = frozenset({"sos", "man_down", "cancel", "session_start", "session_end", "badge"})
 STOP_TIMEOUT = 8.0
 
 
@@ -66,7 +69,11 @@ class App:
         self.notifier = notifier or make_notifier(cfg, write=notify_write)
         self.deadlines = Deadlines(on_late=self.metrics.timer_lateness.observe)
         self.outbox = Outbox(cfg, self.store, self.notifier, self.metrics)
-        self.inbox: asyncio.Queue[DeviceEvent | DoorEvent] = asyncio.Queue(INBOX_SIZE)
+        # alarm events jump the queue: an sos must not wait behind a burst of heartbeats
+        self.inbox: asyncio.PriorityQueue[tuple[int, int, DeviceEvent | DoorEvent]] = (
+            asyncio.PriorityQueue(INBOX_SIZE)
+        )
+        self._seq = itertools.count()
         self.mqtt = MqttEdge(cfg.mqtt, self.metrics, self._enqueue, on_connect=self._on_connect)
         self.engine = Engine(
             cfg, self.store, self.mqtt, self.deadlines, self.metrics, wake_outbox=self.outbox.wake
@@ -91,7 +98,9 @@ class App:
         self.http_port: int | None = None
 
     async def _enqueue(self, ev: DeviceEvent | DoorEvent) -> None:
-        await self.inbox.put(ev)  # a full inbox slows the MQTT reader: backpressure, not loss
+        prio = 0 if ev.type in URGENT else 1
+        # a full inbox slows the MQTT reader: backpressure, not loss
+        await self.inbox.put((prio, next(self._seq), ev))
         self.metrics.inbox_depth.set(self.inbox.qsize())
 
     async def _on_connect(self) -> None:
@@ -100,7 +109,7 @@ class App:
 
     async def _consume(self) -> None:
         while True:
-            ev = await self.inbox.get()
+            _prio, _seq, ev = await self.inbox.get()
             try:
                 await self.engine.handle(ev)
             except asyncio.CancelledError:

@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -829,3 +830,28 @@ def test_a_name_that_is_not_text_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(cfg, "site.toml")
     assert "people[ola].name" in str(err.value)
+
+
+async def test_a_log_line_that_cannot_be_written_stops_nothing(
+    tmp_path: Path,
+    secured_broker: tuple[MosquittoBroker, str],
+    twilio_double: TwilioDouble,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """stdout closed under the daemon (journal restarted, pipe reader gone): every log call
+    fails to write, and junk, answers and alarms must still go through."""
+    async with hostile_site(tmp_path, secured_broker, twilio_double, caplog, standing=False) as h:
+        logs.configure("json")  # the daemon's own log set-up, writing to sys.stdout
+        broken = io.StringIO()
+        broken.close()
+        monkeypatch.setattr(sys, "stdout", broken)
+        await h.p.publish("jaa/device/jaa-0042/event", b"{not json")
+        await h.barrier()
+        await publish_and_wait(
+            h, "jaa-0042", {"type": "session_start", "location": "d1-123"}, "session_started"
+        )
+        await publish_and_wait(h, "jaa-0042", {"type": "sos"}, "alarm_raised")
+        await twilio_double.wait_for(1)  # the alarm SMS went out
+        assert rejected_total(h.gw, "bad_json") == 1
+        monkeypatch.undo()

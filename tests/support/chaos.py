@@ -479,6 +479,15 @@ def check(
         elif hist.deadline_after(due, p.step_slack) <= min(ended, now):
             bad(f"session {s['id']} lapsed at {due:.3f} (ended {ended}) with no missed_checkin")
     if final:
+        # the daemon was stopped gracefully after a quiet spell: nothing may be left claimed
+        # (a claim cut short by a kill is requeued at start-up) or overdue in the outbox
+        for r in rows:
+            overdue = r["state"] == "pending" and r["next_attempt_at"] < now - p.step_slack
+            if r["state"] == "sending" or overdue:
+                bad(
+                    f"notification {r['id']} ({r['purpose']} alarm {r['alarm']} k={r['k']} "
+                    f"{r['channel']}) left {r['state']} in the outbox"
+                )
         still = [a["id"] for a in snap.alarms if a["state"] in ("prealarm", "escalating")]
         if still:
             bad(f"alarms still escalating after the guards acknowledged everything: {still}")
