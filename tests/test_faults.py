@@ -112,6 +112,20 @@ async def device(port: int, client_id: str) -> AsyncIterator[MqttProbe]:
         yield dev
 
 
+async def next_save(broker: MosquittoBroker, timeout: float = 5.0) -> None:
+    """Wait for the broker's next autosave: it writes mosquitto.db.new and renames it."""
+    db = broker.workdir / "mosquitto.db"
+
+    def stamp() -> tuple[int, int] | None:
+        with contextlib.suppress(FileNotFoundError):
+            st = db.stat()
+            return (st.st_ino, st.st_mtime_ns)
+        return None
+
+    before = stamp()
+    await eventually(lambda: stamp() not in (None, before), timeout=timeout)
+
+
 async def test_broker_killed_and_unreachable_then_back(
     tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble
 ) -> None:
@@ -128,10 +142,11 @@ async def test_broker_killed_and_unreachable_then_back(
         app = gw.app
         assert app is not None
         async with device(mosquitto.port, dev_id) as dev:
+            t_started = time.monotonic()  # the session's timers start a moment later: never early
             started = await start_session(dev)
-        t_started = time.monotonic()
-        # both persistent sessions (gateway and device) are in the broker's autosave (1 s)
-        await asyncio.sleep(1.3)
+        # SIGKILL loses what the broker has not saved yet: wait for a save that holds both
+        # persistent sessions (gateway and device) and their subscriptions
+        await next_save(mosquitto)
         mosquitto.kill()
         t_kill = time.monotonic()
         side = MosquittoBroker(mosquitto.workdir, port=free_port())
@@ -182,7 +197,7 @@ async def test_broker_killed_and_unreachable_then_back(
         async with device(mosquitto.port, dev_id) as dev:
             # the sos published while the gateway was away is processed after it reconnects
             raised = await wait_cmd(
-                dev, "jaa-0042", "alarm_raised", lambda m: m.get("re") == sos_id
+                dev, "jaa-0042", "alarm_raised", lambda m: m.get("re") == sos_id, timeout=8
             )
             assert raised["kind"] == "sos"
             t_sos = time.monotonic()
@@ -209,7 +224,7 @@ async def test_broker_killed_and_unreachable_then_back(
             for who in ("guard-1", "guard-2", "kari", "head-security")
         }
         print(  # the numbers for a report (pytest -s)
-            f"\nbroker outage {outage:.0f} s: missed_checkin sms at +{sms.at - t_alarm:.2f} s "
+            f"\nbroker outage {outage:.0f} s: missed_checkin sms at {sms.at - t_alarm:+.2f} s "
             f"of its due time; sms offsets from the alarm: {steps}; reconnected "
             f"{t_connected - t_restart:.2f} s after the broker came back; queued sos answered "
             f"{t_sos - t_restart:.2f} s after; open alarms {kinds}"
@@ -233,8 +248,8 @@ async def test_hung_broker_does_not_hold_the_timers(
     cfg["assessments"][0]["checkin_interval"] = "2s"  # grace 1 s: missed_checkin at +3 s
     dev_id = f"dev-jaa-0042-{os.getpid()}"
     async with running_gateway(cfg) as gw, device(mosquitto.port, dev_id) as dev:
+        t0 = time.monotonic()  # the session's timers start a moment later: never early
         started = await start_session(dev)
-        t0 = time.monotonic()
         mosquitto.pause()
         try:
             await twilio_double.wait_for(lambda d: len(to(d, "kari", "sms")) >= 1, timeout=8)

@@ -274,6 +274,14 @@ async def hostile_site(
                 await twilio.wait_for(1)
             await h.settle()
             yield h
+            # the counters the harness read are the ones /metrics exports
+            async with gw.client.session.get(gw.client.base + "/metrics") as r:
+                exported = await r.text()
+            h.check_text(exported, "/metrics")
+            for reason, value in h.counts().items():
+                if reason in EDGE_REASONS:
+                    line = f'jaa_rejected_messages_total{{reason="{reason}"}} {value}'
+                    assert line in exported, line
             h.check_logs()
             # the log really was captured (else "no secret in the logs" would prove nothing)
             assert h.log_lines > 0
@@ -501,7 +509,7 @@ WRONG_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     ),
     "ts": st.one_of(
         st.integers(),
-        st.floats(allow_nan=False),
+        st.floats(allow_nan=False, allow_infinity=False),
         st.booleans(),
         st.sampled_from(
             (
@@ -520,7 +528,7 @@ WRONG_FIELDS: dict[str, st.SearchStrategy[Any]] = {
         st.text(max_size=5),
         st.booleans(),
         st.lists(st.integers(), max_size=2),
-        st.floats(max_value=-1e-9),
+        st.floats(max_value=-1e-9, allow_infinity=False),
         st.floats(min_value=100.0001, allow_infinity=False),
         st.integers(min_value=10**300, max_value=10**400),
         st.integers(max_value=-1),

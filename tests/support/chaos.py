@@ -6,7 +6,9 @@ Twilio double's records.
 The parts:
 - `chaos_config(...)`: the site of tests/support/gateway.py plus generated workers and devices,
   a chain with steps at 0/1/2 s and keep_paging, and assessments with 1 s check-ins.
-- `ChaosRun`: the kill loop, the simulated devices (they repeat an `sos` or `session_start`
+- `ChaosRun`: the kill loop (seeded; kill moments: any time, just as a request reaches the
+  double, just after a device event, just after a guard's acknowledgement went out, and during
+  start-up), the simulated devices (they repeat an `sos` or `session_start`
   with the same id every 0.5 s until the gateway answers on the cmd topic: CONTRACT §3, the
   end-to-end acknowledgement that makes a kill between PUBACK and storage safe) and the guards.
 - `check(...)`: the invariants, a pure function of a DB snapshot, the double's requests and the
@@ -557,6 +559,8 @@ def _check_escalation(
                     )
                 elif q.at > acked:
                     rep.counts["in_flight_at_ack"] += 1
+                    if q.at > acked + 0.1:
+                        rep.counts["in_flight_at_ack_over_100ms"] += 1
                     ms = int((q.at - acked) * 1000)
                     rep.counts["in_flight_at_ack_max_ms"] = max(
                         rep.counts["in_flight_at_ack_max_ms"], ms
@@ -646,7 +650,8 @@ class ChaosResult:
             f"(rows duplicated twice+: {c['rows_duplicated_more_than_once']}) "
             f"pages_collapsed={c['pages_collapsed']} (while up: {c['pages_collapsed_while_up']})",
             f"  requests in flight when the ack was stored: {c['in_flight_at_ack']} "
-            f"(at most {c['in_flight_at_ack_max_ms']} ms after it)",
+            f"(over 100 ms: {c['in_flight_at_ack_over_100ms']}; "
+            f"at most {c['in_flight_at_ack_max_ms']} ms after it)",
             f"  violations={len(self.violations)}",
         ]
         lines.extend(f"    - {v}" for v in self.violations[:50])
