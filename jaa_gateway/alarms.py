@@ -53,6 +53,7 @@ class AlarmOps:
     deadlines: Deadlines
     metrics: Metrics
     clock: Callable[[], dt.datetime]
+    alarm_stopped_hook: Callable[[str], None] | None
 
     if TYPE_CHECKING:
 
@@ -62,6 +63,11 @@ class AlarmOps:
         def iso(self, ts: float | None) -> str | None: ...
 
     # ------------------------------------------------------------------ outbox
+
+    def on_alarm_stopped(self, alarm_id: str) -> None:
+        """The outbox drops step rows of this alarm it has claimed but not started yet."""
+        if self.alarm_stopped_hook is not None:
+            self.alarm_stopped_hook(alarm_id)
 
     async def enqueue(
         self,
@@ -623,6 +629,7 @@ class AlarmOps:
                 )
                 log.info("alarm_acknowledged", alarm=aid, by=by, via=via)
                 tx.set_timer(("alarm", aid), None)
+                tx.after_commit.append(lambda aid=aid: self.on_alarm_stopped(aid))
                 self.to_device(tx, a["device"], self.alarm_state_msg(a, tx.now))
                 self._publish_alarm(tx, a)
                 done.append(a)

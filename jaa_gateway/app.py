@@ -76,7 +76,13 @@ class App:
         self._seq = itertools.count()
         self.mqtt = MqttEdge(cfg.mqtt, self.metrics, self._enqueue, on_connect=self._on_connect)
         self.engine = Engine(
-            cfg, self.store, self.mqtt, self.deadlines, self.metrics, wake_outbox=self.outbox.wake
+            cfg,
+            self.store,
+            self.mqtt,
+            self.deadlines,
+            self.metrics,
+            wake_outbox=self.outbox.wake,
+            alarm_stopped=self.outbox.alarm_stopped,
         )
         self.selfwatch = SelfWatch(
             cfg, self.store, self.outbox, self.notifier, self.mqtt, self.metrics

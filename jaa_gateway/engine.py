@@ -58,6 +58,7 @@ class Engine(AlarmOps):
         metrics: Metrics,
         *,
         wake_outbox: Callable[[], None],
+        alarm_stopped: Callable[[str], None] | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.cfg = cfg
@@ -67,6 +68,7 @@ class Engine(AlarmOps):
         self.metrics = metrics
         self.clock = clock
         self._wake_outbox = wake_outbox
+        self.alarm_stopped_hook = alarm_stopped
         self.lock = asyncio.Lock()
         self.prefix = cfg.mqtt.topic_prefix
         self.devices: dict[str, DeviceState] = {}

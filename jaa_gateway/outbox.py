@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -64,6 +65,9 @@ class Outbox:
         self.rand = rand
         self._wake = asyncio.Event()
         self._sem = asyncio.Semaphore(MAX_IN_FLIGHT)
+        # alarms acknowledged (or otherwise stopped) since start: a step row claimed just
+        # before the ack is dropped if its request has not started yet
+        self._stopped: dict[str, float] = {}
         self._in_flight: set[int] = set()
         self._call_ok_at: dict[str, float] = {}  # phone -> earliest next call (epoch)
         self.last_success: float | None = None
@@ -72,6 +76,20 @@ class Outbox:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def alarm_stopped(self, alarm_id: str) -> None:
+        """Called right after an acknowledgement commits (before the engine's lock is let go)."""
+        self._stopped[alarm_id] = time.monotonic()
+        if len(self._stopped) > 10_000:
+            cutoff = time.monotonic() - 3600
+            self._stopped = {a: t for a, t in self._stopped.items() if t > cutoff}
+
+    def _split_stopped(
+        self, rows: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        keep = [r for r in rows if not (r["purpose"] == "alarm" and r["alarm"] in self._stopped)]
+        drop = [r for r in rows if r not in keep]
+        return keep, drop
 
     @property
     def status_url(self) -> str:
@@ -237,6 +255,9 @@ class Outbox:
 
     async def _send_sms(self, row: dict[str, Any]) -> None:
         async with self._sem:
+            if self._split_stopped([row])[1]:
+                await self._drop([row], "sms")
+                return
             await self._attempt(
                 [row],
                 "sms",
@@ -246,6 +267,14 @@ class Outbox:
             )
 
     async def _send_call(self, phone: str, group: list[dict[str, Any]]) -> None:
+        async with self._sem:
+            group, dropped = self._split_stopped(group)
+            if dropped:
+                await self._drop(dropped, "call")
+            if group:
+                await self._place_call(phone, group)
+
+    async def _place_call(self, phone: str, group: list[dict[str, Any]]) -> None:
         lang = self.cfg.gateway.language
         spoken: list[str] = []
         alarm_ids: list[str] = []
@@ -264,12 +293,19 @@ class Outbox:
             # too many alarms for one call's TwiML: speak the first one rather than
             # nothing; the SMS carry every alarm anyway
             twiml = call_twiml(spoken[:1], texts.VOICE_LANG[lang], action)
-        async with self._sem:
-            await self._attempt(
-                group,
-                "call",
-                lambda: self.notifier.place_call(phone, twiml, status_callback=self.status_url),
-            )
+        await self._attempt(
+            group,
+            "call",
+            lambda: self.notifier.place_call(phone, twiml, status_callback=self.status_url),
+        )
+
+    async def _drop(self, rows: list[dict[str, Any]], channel: str) -> None:
+        """Step rows whose alarm was acknowledged after their claim: never started."""
+        try:
+            await self._record_until_stored(rows, channel, None, None, dropped=True)
+        finally:
+            self._in_flight.difference_update(r["id"] for r in rows)
+            self.wake()
 
     async def _attempt(self, rows: list[dict[str, Any]], channel: str, send: Any) -> None:
         ids = [r["id"] for r in rows]
@@ -299,6 +335,7 @@ class Outbox:
         channel: str,
         result: SendResult | None,
         error: TransportError | None,
+        dropped: bool = False,
     ) -> None:
         """Record the outcome, retrying while the database refuses it.
 
@@ -309,7 +346,7 @@ class Outbox:
         delay = RECORD_RETRY_MIN
         while True:
             try:
-                await self._record(rows, channel, result, error)
+                await self._record(rows, channel, result, error, dropped)
                 return
             except Exception as exc:
                 log.error(
@@ -330,9 +367,30 @@ class Outbox:
         channel: str,
         result: SendResult | None,
         error: TransportError | None,
+        dropped: bool = False,
     ) -> None:
         now = self.clock().timestamp()
         retry_for = self.cfg.notify.retry_for.total_seconds()
+        if dropped:
+            async with self.store.tx() as conn:
+                for r in rows:
+                    await conn.execute(
+                        update(notifications)
+                        .where(notifications.c.id == r["id"])
+                        .values(state="cancelled", error="acknowledged before sending")
+                    )
+                    await q.add_audit(
+                        conn,
+                        now,
+                        "notification_dropped",
+                        alarm=r["alarm"],
+                        actor=r["person"],
+                        channel=channel,
+                        k=r["k"],
+                        notification=r["id"],
+                        why="acknowledged before sending",
+                    )
+            return
         async with self.store.tx() as conn:
             for r in rows:
                 attempts = int(r["attempts"]) + 1

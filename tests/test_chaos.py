@@ -317,14 +317,19 @@ async def test_a_retried_sms_ack_whose_first_try_failed_takes_effect(
 # --------------------------------------------------------------------------- the crash loop
 
 
+SETTINGS = ChaosSettings.from_env()
+
+
 @pytest.mark.slow
+# the run bounds itself (max_wall_s); the margin covers the settle time and the last check
+@pytest.mark.timeout(SETTINGS.max_wall_s + 60)
 async def test_crash_loop(
     tmp_path: Path,
     mosquitto: MosquittoBroker,
     twilio_double: TwilioDouble,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings = ChaosSettings.from_env()
+    settings = SETTINGS
 
     def progress(line: str) -> None:
         with capsys.disabled():
