@@ -370,108 +370,27 @@ class Outbox:
         dropped: bool = False,
     ) -> None:
         now = self.clock().timestamp()
-        retry_for = self.cfg.notify.retry_for.total_seconds()
-        if dropped:
-            async with self.store.tx() as conn:
-                for r in rows:
-                    await conn.execute(
-                        update(notifications)
-                        .where(notifications.c.id == r["id"])
-                        .values(state="cancelled", error="acknowledged before sending")
-                    )
-                    await q.add_audit(
-                        conn,
-                        now,
-                        "notification_dropped",
-                        alarm=r["alarm"],
-                        actor=r["person"],
-                        channel=channel,
-                        k=r["k"],
-                        notification=r["id"],
-                        why="acknowledged before sending",
-                    )
-            return
         async with self.store.tx() as conn:
             for r in rows:
-                attempts = int(r["attempts"]) + 1
-                if result is not None:
-                    await conn.execute(
-                        update(notifications)
-                        .where(notifications.c.id == r["id"])
-                        .values(
-                            state="sent",
-                            sid=result.sid,
-                            sent_at=now,
-                            # a status callback may have come first: keep the newer status
-                            delivery_status=func.coalesce(
-                                notifications.c.delivery_status, result.status
-                            ),
-                            error=None,
-                        )
-                    )
-                    await q.add_audit(
-                        conn,
-                        now,
-                        "notification_sent",
-                        alarm=r["alarm"],
-                        actor=r["person"],
-                        channel=channel,
-                        purpose=r["purpose"],
-                        k=r["k"],
-                        to=r["phone"],
-                        sid=result.sid,
-                        attempts=attempts,
-                        notification=r["id"],
-                    )
-                    continue
-                assert error is not None
-                gave_up = error.permanent or now - float(r["created_at"]) >= retry_for
-                if gave_up:
-                    await conn.execute(
-                        update(notifications)
-                        .where(notifications.c.id == r["id"])
-                        .values(state="failed", error=error.message[:500])
-                    )
-                    await q.add_audit(
-                        conn,
-                        now,
-                        "notification_failed",
-                        alarm=r["alarm"],
-                        actor=r["person"],
-                        channel=channel,
-                        purpose=r["purpose"],
-                        k=r["k"],
-                        to=r["phone"],
-                        error=error.message[:500],
-                        status=error.status,
-                        code=error.code,
-                        permanent=error.permanent,
-                        attempts=attempts,
-                        notification=r["id"],
-                    )
-                else:
-                    delay = backoff_delay(attempts, rand=self.rand)
-                    await conn.execute(
-                        update(notifications)
-                        .where(notifications.c.id == r["id"])
-                        .values(
-                            state="pending", next_attempt_at=now + delay, error=error.message[:500]
-                        )
-                    )
-                    await q.add_audit(
-                        conn,
-                        now,
-                        "notification_retry",
-                        alarm=r["alarm"],
-                        actor=r["person"],
-                        channel=channel,
-                        k=r["k"],
-                        error=error.message[:500],
-                        status=error.status,
-                        attempts=attempts,
-                        retry_in_s=round(delay, 3),
-                        notification=r["id"],
-                    )
+                values, event, detail = self._outcome(r, now, result, error, dropped)
+                await conn.execute(
+                    update(notifications).where(notifications.c.id == r["id"]).values(**values)
+                )
+                await q.add_audit(
+                    conn,
+                    now,
+                    event,
+                    alarm=r["alarm"],
+                    actor=r["person"],
+                    channel=channel,
+                    purpose=r["purpose"],
+                    k=r["k"],
+                    to=r["phone"],
+                    notification=r["id"],
+                    **detail,
+                )
+        if dropped:
+            return
         if result is not None:
             self.last_success = now
             self.failing_since = None
@@ -500,6 +419,48 @@ class Outbox:
                 status=error.status,
                 code=error.code,
             )
+
+    def _outcome(
+        self,
+        r: dict[str, Any],
+        now: float,
+        result: SendResult | None,
+        error: TransportError | None,
+        dropped: bool,
+    ) -> tuple[dict[str, Any], str, dict[str, Any]]:
+        """What one attempt means for its row: (column values, audit event, audit detail)."""
+        attempts = int(r["attempts"]) + 1
+        if dropped:
+            why = "acknowledged before sending"
+            return {"state": "cancelled", "error": why}, "notification_dropped", {"why": why}
+        if result is not None:
+            values = {
+                "state": "sent",
+                "sid": result.sid,
+                "sent_at": now,
+                # a status callback may have come first: keep the newer status
+                "delivery_status": func.coalesce(notifications.c.delivery_status, result.status),
+                "error": None,
+            }
+            return values, "notification_sent", {"sid": result.sid, "attempts": attempts}
+        assert error is not None
+        message = error.message[:500]
+        detail: dict[str, Any] = {
+            "error": message,
+            "status": error.status,
+            "code": error.code,
+            "attempts": attempts,
+        }
+        retry_for = self.cfg.notify.retry_for.total_seconds()
+        if error.permanent or now - float(r["created_at"]) >= retry_for:
+            return (
+                {"state": "failed", "error": message},
+                "notification_failed",
+                detail | {"permanent": error.permanent},
+            )
+        delay = backoff_delay(attempts, rand=self.rand)
+        values = {"state": "pending", "next_attempt_at": now + delay, "error": message}
+        return values, "notification_retry", detail | {"retry_in_s": round(delay, 3)}
 
     async def pending_count(self) -> int:
         async with self.store.tx() as conn:
