@@ -530,10 +530,10 @@ class Story:
         )
         self.answer_checkins = True
         self.scene(f"{c.worker.name} checks in; {guard.name} closes the alarm")
-        self.tl.note(f"{c.worker.name} was in the fume cupboard with gloves on; she presses OK")
+        self.tl.note(f"{c.worker.name} was in the fume cupboard with gloves on, and presses OK")
         await self._send(device, "device", c.device, "checkin", {})
         await self.pause(0.5)
-        note = f"{c.worker.name} was fine: busy at the fume cupboard. Talked to her."
+        note = f"{c.worker.name} was fine: busy at the fume cupboard. Talked to them."
         self.tl.line(guard.name, "http", f"POST /api/alarms/{alarm_id}/resolve note={note!r}")
         res = await self.api(
             "POST", f"/api/alarms/{alarm_id}/resolve", {"by": guard.id, "note": note}
@@ -545,7 +545,7 @@ class Story:
 
     async def _man_down(self, device: MqttActor) -> None:
         c = self.cast
-        self.scene(f"{c.worker.name}'s device detects a fall; she cancels the pre-alarm")
+        self.scene(f"{c.worker.name}'s device detects a fall, and the pre-alarm is cancelled")
         m0 = device.mark()
         await self._send(device, "device", c.device, "man_down", {"lat": 63.41905, "lon": 10.40231})
         pre = await self.expect(
@@ -557,7 +557,7 @@ class Story:
         )
         alarm_id = str(pre["alarm"])
         window = float(pre.get("cancel_within_s") or 0.0)
-        self.tl.note("she only dropped a glove: she presses cancel")
+        self.tl.note("only a dropped glove: the worker presses cancel")
         await asyncio.sleep(min(1.0 / self.speed, window / 3))
         m1 = device.mark()
         eid = await self._send(device, "device", c.device, "cancel", {"alarm": alarm_id})
