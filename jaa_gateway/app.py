@@ -83,6 +83,7 @@ class App:
             self.metrics,
             wake_outbox=self.outbox.wake,
             alarm_stopped=self.outbox.alarm_stopped,
+            send_now=self.outbox.submit,
         )
         self.selfwatch = SelfWatch(
             cfg, self.store, self.outbox, self.notifier, self.mqtt, self.metrics

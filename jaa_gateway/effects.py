@@ -30,6 +30,7 @@ class Tx:
     publishes: list[tuple[str, dict[str, Any] | None, bool]] = field(default_factory=list)
     timers: list[tuple[Key, float | None]] = field(default_factory=list)
     wake_outbox: bool = False
+    direct: list[dict[str, Any]] = field(default_factory=list)  # claimed SMS rows to send
     after_commit: list[Any] = field(default_factory=list)
 
     @property
@@ -43,12 +44,19 @@ class Tx:
         """Schedule (or with None, drop) the deadline `key`."""
         self.timers.append((key, due))
 
-    def mark(self) -> tuple[int, int, int, bool]:
+    def mark(self) -> tuple[int, int, int, int, bool]:
         """Where the effects stand now (with a SAVEPOINT: what to drop if it rolls back)."""
-        return (len(self.publishes), len(self.timers), len(self.after_commit), self.wake_outbox)
+        return (
+            len(self.publishes),
+            len(self.timers),
+            len(self.after_commit),
+            len(self.direct),
+            self.wake_outbox,
+        )
 
-    def rollback_to(self, mark: tuple[int, int, int, bool]) -> None:
+    def rollback_to(self, mark: tuple[int, int, int, int, bool]) -> None:
         del self.publishes[mark[0] :]
         del self.timers[mark[1] :]
         del self.after_commit[mark[2] :]
-        self.wake_outbox = mark[3]
+        del self.direct[mark[3] :]
+        self.wake_outbox = mark[4]

@@ -59,6 +59,7 @@ class Engine(AlarmOps):
         *,
         wake_outbox: Callable[[], None],
         alarm_stopped: Callable[[str], None] | None = None,
+        send_now: Callable[[list[dict[str, Any]]], None] | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.cfg = cfg
@@ -68,6 +69,9 @@ class Engine(AlarmOps):
         self.metrics = metrics
         self.clock = clock
         self._wake_outbox = wake_outbox
+        # without a sender to hand them to, claimed rows wait for the restart's requeue;
+        # App always passes one
+        self._send_now = send_now or (lambda rows: None)
         self.alarm_stopped_hook = alarm_stopped
         self.lock = asyncio.Lock()
         self.prefix = cfg.mqtt.topic_prefix
@@ -101,6 +105,8 @@ class Engine(AlarmOps):
                     self.deadlines.discard(key)
                 else:
                     self.deadlines.set(key, due)
+            if tx.direct:
+                self._send_now(tx.direct)
             if tx.wake_outbox:
                 self._wake_outbox()
             for fn in tx.after_commit:

@@ -68,6 +68,7 @@ class Outbox:
         # alarms acknowledged (or otherwise stopped) since start: a step row claimed just
         # before the ack is dropped if its request has not started yet
         self._stopped: dict[str, float] = {}
+        self._direct: list[dict[str, Any]] = []
         self._in_flight: set[int] = set()
         self._call_ok_at: dict[str, float] = {}  # phone -> earliest next call (epoch)
         self.last_success: float | None = None
@@ -75,6 +76,12 @@ class Outbox:
         self.failing_since: float | None = None
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def submit(self, rows: list[dict[str, Any]]) -> None:
+        """SMS rows the engine claimed in its own transaction: send them now."""
+        self._direct.extend(rows)
+        self._in_flight.update(r["id"] for r in rows)
         self._wake.set()
 
     def alarm_stopped(self, alarm_id: str) -> None:
@@ -123,6 +130,9 @@ class Outbox:
         async with asyncio.TaskGroup() as tg:
             while True:
                 self._wake.clear()
+                direct, self._direct = self._direct, []
+                for r in direct:
+                    tg.create_task(self._send_sms(r), name=f"sms-{r['id']}")
                 try:
                     await self._pass(tg)
                     delay = await self._next_delay()
