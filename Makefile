@@ -55,3 +55,8 @@ clean:
 .PHONY: chaos
 chaos: $(VENV)/.test-installed check-mosquitto
 	CHAOS_KILLS=$${CHAOS_KILLS:-200} $(BIN)/pytest -q tests/test_chaos.py -k crash_loop
+
+# The load-held soak (issue 7): the benchmark campus for SOAK_DURATION seconds (default 600),
+# RSS/CPU/queues sampled every 10 s; exit 1 when not flat. Writes benchmarks/results/soak.json.
+soak: $(VENV)/.test-installed check-mosquitto
+	$(PY) -m benchmarks.soak --duration $${SOAK_DURATION:-600}
