@@ -92,6 +92,9 @@ class MosquittoBroker:
                     f"persistence_location {self.workdir}/",
                     "autosave_interval 1",
                     "max_queued_messages 100000",
+                    # as in production (config/mosquitto): Nagle plus the receiver's delayed
+                    # ACK would add ~40 ms to a small alarm message now and then
+                    "set_tcp_nodelay true",
                     "log_dest stdout",
                     "log_type error",
                     "log_type warning",
