@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import structlog
 from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jaa_gateway.config import Config
 from jaa_gateway.domain import texts
@@ -163,22 +164,7 @@ class Outbox:
     async def _pass(self, tg: asyncio.TaskGroup) -> None:
         now = self.clock().timestamp()
         async with self.store.tx() as conn:
-            rows = [
-                dict(r)
-                for r in (
-                    await conn.execute(
-                        select(notifications)
-                        .where(
-                            and_(
-                                notifications.c.state == "pending",
-                                notifications.c.next_attempt_at <= now,
-                            )
-                        )
-                        .order_by(notifications.c.id)
-                        .limit(BATCH)
-                    )
-                ).mappings()
-            ]
+            rows = await _due_rows(conn, now, limit=BATCH)
         calls_seen: set[str] = set()
         for r in rows:
             if r["id"] in self._in_flight:
@@ -223,23 +209,12 @@ class Outbox:
     async def _maybe_call(self, tg: asyncio.TaskGroup, phone: str, now: float) -> None:
         ok_at = self._call_ok_at.get(phone, 0.0)
         async with self.store.tx() as conn:
-            rows = [
-                dict(r)
-                for r in (
-                    await conn.execute(
-                        select(notifications)
-                        .where(
-                            and_(
-                                notifications.c.state == "pending",
-                                notifications.c.channel == "call",
-                                notifications.c.phone == phone,
-                                notifications.c.next_attempt_at <= now,
-                            )
-                        )
-                        .order_by(notifications.c.id)
-                    )
-                ).mappings()
-            ]
+            rows = await _due_rows(
+                conn,
+                now,
+                notifications.c.channel == "call",
+                notifications.c.phone == phone,
+            )
             if ok_at > now:
                 # paced: hold the call back; it will speak every alarm still open then
                 await conn.execute(
@@ -482,3 +457,23 @@ class Outbox:
                 )
             ).scalar_one()
         return int(n)
+
+
+async def _due_rows(
+    conn: AsyncConnection, now: float, *conditions: Any, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Pending notifications due by `now` (and matching `conditions`), oldest first."""
+    query = (
+        select(notifications)
+        .where(
+            and_(
+                notifications.c.state == "pending",
+                notifications.c.next_attempt_at <= now,
+                *conditions,
+            )
+        )
+        .order_by(notifications.c.id)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return [dict(r) for r in (await conn.execute(query)).mappings()]

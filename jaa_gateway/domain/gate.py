@@ -9,6 +9,7 @@ rule at which none was left. `detail` is a sentence the worker can act on.
 from __future__ import annotations
 
 import datetime as dt
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -16,19 +17,6 @@ from typing import Final, Literal
 from jaa_gateway.config import Assessment, Config, Person, Window
 from jaa_gateway.domain.escalation import first_step_has_someone
 from jaa_gateway.domain.roster import in_window, require_aware
-
-DENY_REASONS: Final = (
-    "unknown_badge",
-    "unknown_device",
-    "unknown_location",
-    "no_assessment",
-    "assessment_not_valid",
-    "lone_work_not_allowed",
-    "outside_allowed_hours",
-    "training_expired",
-    "jaa_required",
-    "no_assistance",
-)
 
 DenyReason = Literal[
     "unknown_badge",
@@ -42,6 +30,9 @@ DenyReason = Literal[
     "jaa_required",
     "no_assistance",
 ]
+
+# the contract's order, derived from the type so the two cannot drift apart
+DENY_REASONS: Final[tuple[DenyReason, ...]] = typing.get_args(DenyReason)
 
 
 @dataclass(frozen=True, slots=True)
