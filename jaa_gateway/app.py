@@ -236,9 +236,9 @@ class App:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._runner.cleanup(), 2.0)
         with contextlib.suppress(Exception):
-            await self.notifier.aclose()
+            await asyncio.wait_for(self.notifier.aclose(), 2.0)
         with contextlib.suppress(Exception):
-            await self.store.close()
+            await asyncio.wait_for(self.store.close(), 2.0)
         log.info("gateway_stopped")
 
 
