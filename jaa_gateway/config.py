@@ -42,6 +42,8 @@ from pydantic import (
 # --------------------------------------------------------------------------- value types
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# line breaks and tabs may stand in a text; other control characters and surrogates may not
+_UNREADABLE_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 MAX_DURATION = dt.timedelta(days=366)
 _DURATION_HINT = "use a number of seconds or a string like '45s', '10m', '4h'"
@@ -406,6 +408,17 @@ class Assessment(_Frozen):
     person: Id
     locations: list[Id] = Field(min_length=1)
     activity: str = Field(min_length=1, max_length=500)
+
+    @field_validator("activity")
+    @classmethod
+    def _readable_activity(cls, v: str) -> str:
+        # it is shown to guards in SMS and to HSE in the audit: text a person can read
+        if not v.strip():
+            raise ValueError("must not be blank")
+        if _UNREADABLE_RE.search(v):
+            raise ValueError("must not contain control characters")
+        return v
+
     acute_injury_risk: StrictBool
     lone_work_allowed: StrictBool
     requires_jaa: StrictBool = False

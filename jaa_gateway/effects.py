@@ -7,9 +7,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from jaa_gateway.adapters.scheduler import Key
+from jaa_gateway.store.db import Conn
 
 
 class Publisher(Protocol):
@@ -25,7 +24,7 @@ class Publisher(Protocol):
 
 @dataclass
 class Tx:
-    conn: AsyncConnection
+    conn: Conn
     now: dt.datetime
     publishes: list[tuple[str, dict[str, Any] | None, bool]] = field(default_factory=list)
     timers: list[tuple[Key, float | None]] = field(default_factory=list)

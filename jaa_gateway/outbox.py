@@ -19,7 +19,6 @@ from urllib.parse import quote
 
 import structlog
 from sqlalchemy import and_, exists, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jaa_gateway.config import Config
 from jaa_gateway.domain import texts
@@ -28,7 +27,7 @@ from jaa_gateway.notify.base import Notifier, SendResult, TransportError
 from jaa_gateway.notify.retry import backoff_delay
 from jaa_gateway.notify.twiml import call_twiml
 from jaa_gateway.store import queries as q
-from jaa_gateway.store.db import Store
+from jaa_gateway.store.db import Conn, Store
 from jaa_gateway.store.schema import alarms, notifications
 from jaa_gateway.timeutil import utcnow
 
@@ -460,7 +459,7 @@ class Outbox:
 
 
 async def _due_rows(
-    conn: AsyncConnection, now: float, *conditions: Any, limit: int | None = None
+    conn: Conn, now: float, *conditions: Any, limit: int | None = None
 ) -> list[dict[str, Any]]:
     """Pending notifications due by `now` (and matching `conditions`), oldest first."""
     query = (

@@ -604,6 +604,26 @@ def test_native_toml_times_and_dates_are_accepted() -> None:
 @pytest.mark.parametrize(
     ("value", "why"),
     [
+        ("\x00", "must not contain control characters"),
+        ("Titration\x1b[2J", "must not contain control characters"),
+        ("   ", "must not be blank"),
+    ],
+)
+def test_unreadable_activity(value: str, why: str) -> None:
+    doc = base()
+    doc["assessments"][0]["activity"] = value
+    assert only(doc) == f"{SRC}: assessments[RA-1].activity: {why}"
+
+
+def test_activity_may_span_lines() -> None:
+    doc = base()
+    doc["assessments"][0]["activity"] = "Titration\n\twith HCl"
+    assert parse_config(doc, SRC, {}).assessments[0].activity == "Titration\n\twith HCl"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
         ("2027-02-30", "'2027-02-30' is not a valid date"),
         ("31.08.2027", "'31.08.2027' is not a date in YYYY-MM-DD form"),
         ("20270831", "'20270831' is not a date in YYYY-MM-DD form"),

@@ -10,7 +10,7 @@ the alarms it still can, and must recover by itself when the fault clears:
   all for every request (a sustained 5xx outage is tests/test_selfwatch.py's case; single 500s
   and 429s, and a 3 s delay, are tests/test_e2e_alarms.py's);
 * the database read-only (SQLite's own `PRAGMA query_only`, set on the gateway's one pooled
-  connection through the public `app.store.engine`: as root, chmod does not stop writes) and the
+  connection through the public `app.store.tx()`: as root, chmod does not stop writes) and the
   disk full (a real ENOSPC: the database on a small tmpfs filled up; skipped where `mount` is not
   permitted).
 
@@ -405,17 +405,17 @@ NOTICE = "redusert funksjon"  # the nb gateway_degraded notice
 
 
 async def set_query_only(gw: InProcessGateway, on: bool) -> None:
-    """SQLite's own read-only switch, on the gateway's single pooled connection (the store runs
-    a pool of one), through the public engine: every write then fails as on a read-only file
+    """SQLite's own read-only switch, on the gateway's single connection (the store runs one),
+    in a transaction of its own: every write then fails as on a read-only file
     ("attempt to write a readonly database"), reads go on."""
     assert gw.app is not None
-    async with gw.app.store.engine.connect() as conn:
+    async with gw.app.store.tx() as conn:
         await conn.exec_driver_sql(f"PRAGMA query_only={1 if on else 0}")
 
 
 async def notices_in_outbox(gw: InProcessGateway) -> int:
     assert gw.app is not None
-    async with gw.app.store.engine.connect() as conn:
+    async with gw.app.store.tx() as conn:
         n = (
             await conn.exec_driver_sql(
                 "SELECT count(*) FROM notifications WHERE body LIKE ?", (f"%{NOTICE}%",)

@@ -2,31 +2,145 @@
 
 SQLite runs in WAL mode with synchronous=FULL: an alarm that was committed must survive a power
 cut, not only a process crash, and FULL costs ~0.4 ms more a commit (STYLE.md, measured), which
-is nothing next to an SMS. One connection is shared (pool of one): SQLite has a single writer
-anyway, and queuing on the pool keeps every transaction short and in order on the event loop.
+is nothing next to an SMS.
+
+SQLite is driven synchronously, on the event loop's own thread, through one connection that an
+``asyncio.Lock`` hands to one transaction at a time. Measured (issue 6): through SQLAlchemy's
+async layer on aiosqlite every statement was a hop to the driver's thread and back, ~0.7 ms under
+load, and an sos is 13 statements and a commit; on the loop's thread a statement costs ~0.1 ms
+and nothing else can run in between anyway (one writer, one lock). A statement never waits on
+another process (busy_timeout is short: the gateway is the database's only writer), so the loop
+is blocked only for the work itself. PostgreSQL keeps the async driver (asyncpg): there a
+statement is a network round trip. Both are used through the same small ``Conn`` interface.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol, TypeVarTuple, overload
 
 import structlog
-from sqlalchemy import event, select, text
+from sqlalchemy import Connection, CursorResult, Executable, create_engine, event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.selectable import TypedReturnsRows
 
 from jaa_gateway.store import schema
 
 log = structlog.get_logger("jaa_gateway.store")
 
-Migration = Callable[[AsyncConnection], Awaitable[None]]
+_Ts = TypeVarTuple("_Ts")
 
 
-async def _v1(conn: AsyncConnection) -> None:
+class Conn(Protocol):
+    """What a transaction offers: the subset of SQLAlchemy's AsyncConnection the code uses."""
+
+    @overload
+    async def execute(
+        self, statement: TypedReturnsRows[*_Ts], parameters: Any = None
+    ) -> CursorResult[*_Ts]: ...
+
+    @overload
+    async def execute(
+        self, statement: Executable, parameters: Any = None
+    ) -> CursorResult[*tuple[Any, ...]]: ...
+
+    async def execute(
+        self, statement: Executable, parameters: Any = None
+    ) -> CursorResult[*tuple[Any, ...]]: ...
+
+    async def exec_driver_sql(
+        self, statement: str, parameters: Sequence[Any] | None = None
+    ) -> CursorResult[*tuple[Any, ...]]: ...
+
+    async def run_sync(self, fn: Callable[[Connection], Any]) -> Any: ...
+
+    def begin_nested(self) -> Any:
+        """An async context manager: a SAVEPOINT that rolls back alone on error."""
+
+
+class SyncConn:
+    """A synchronous SQLAlchemy connection behind the async ``Conn`` interface (SQLite)."""
+
+    __slots__ = ("_c",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+
+    @overload
+    async def execute(
+        self, statement: TypedReturnsRows[*_Ts], parameters: Any = None
+    ) -> CursorResult[*_Ts]: ...
+
+    @overload
+    async def execute(
+        self, statement: Executable, parameters: Any = None
+    ) -> CursorResult[*tuple[Any, ...]]: ...
+
+    async def execute(
+        self, statement: Executable, parameters: Any = None
+    ) -> CursorResult[*tuple[Any, ...]]:
+        return self._c.execute(statement, parameters)
+
+    async def exec_driver_sql(
+        self, statement: str, parameters: Sequence[Any] | None = None
+    ) -> CursorResult[*tuple[Any, ...]]:
+        return self._c.exec_driver_sql(statement, tuple(parameters) if parameters else ())
+
+    async def run_sync(self, fn: Callable[[Connection], Any]) -> Any:
+        return fn(self._c)
+
+    @asynccontextmanager
+    async def begin_nested(self) -> AsyncIterator[None]:
+        with self._c.begin_nested():
+            yield
+
+
+class AsyncConn:
+    """SQLAlchemy's AsyncConnection behind the same interface (PostgreSQL on asyncpg)."""
+
+    __slots__ = ("_c",)
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._c = conn
+
+    @overload
+    async def execute(
+        self, statement: TypedReturnsRows[*_Ts], parameters: Any = None
+    ) -> CursorResult[*_Ts]: ...
+
+    @overload
+    async def execute(
+        self, statement: Executable, parameters: Any = None
+    ) -> CursorResult[*tuple[Any, ...]]: ...
+
+    async def execute(
+        self, statement: Executable, parameters: Any = None
+    ) -> CursorResult[*tuple[Any, ...]]:
+        return await self._c.execute(statement, parameters)
+
+    async def exec_driver_sql(
+        self, statement: str, parameters: Sequence[Any] | None = None
+    ) -> CursorResult[*tuple[Any, ...]]:
+        return await self._c.exec_driver_sql(statement, tuple(parameters) if parameters else ())
+
+    async def run_sync(self, fn: Callable[[Connection], Any]) -> Any:
+        return await self._c.run_sync(fn)
+
+    @asynccontextmanager
+    async def begin_nested(self) -> AsyncIterator[None]:
+        async with self._c.begin_nested():
+            yield
+
+
+Migration = Callable[[Conn], Awaitable[None]]
+
+
+async def _v1(conn: Conn) -> None:
     await conn.run_sync(schema.metadata.create_all)
 
 
@@ -37,38 +151,56 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
 
 
 def async_url(url: str) -> str:
-    """Map the config's database URL onto an async driver."""
+    """Map the config's database URL onto an async driver (PostgreSQL)."""
     u = make_url(url)
-    if u.drivername == "sqlite":
-        u = u.set(drivername="sqlite+aiosqlite")
-    elif u.drivername in ("postgresql", "postgres"):
+    if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+asyncpg")
     return u.render_as_string(hide_password=False)
 
 
+def sqlite_url(url: str) -> str:
+    """The config may name the async SQLite driver (older configs); SQLite runs synchronously."""
+    u = make_url(url)
+    return u.set(drivername="sqlite").render_as_string(hide_password=False)
+
+
 class Store:
     def __init__(self, url: str) -> None:
-        self.url = async_url(url)
-        self.is_sqlite = self.url.startswith("sqlite")
-        kwargs: dict[str, Any] = {}
-        if self.is_sqlite:
-            kwargs.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
-        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        self.is_sqlite = make_url(url).drivername.startswith("sqlite")
         self.last_write_ok: float | None = None
         self.last_error: str | None = None
+        self._lock = asyncio.Lock()
+        self._sync: Connection | None = None
+        self.async_engine: AsyncEngine | None = None
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            self.url = sqlite_url(url)
+            # one connection for the process (StaticPool), used from the loop's thread only;
+            # check_same_thread is off because the loop's thread is not always the creator's
+            self.engine = create_engine(
+                self.url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+            event.listen(self.engine, "connect", _sqlite_pragmas)
             # the driver's own transaction handling starts transactions late and lets a
             # RELEASE of the first SAVEPOINT commit; SQLAlchemy's documented recipe: the driver
             # in autocommit mode, and an explicit BEGIN for each of our transactions
-            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+            event.listen(self.engine, "begin", _sqlite_begin)
+        else:
+            self.url = async_url(url)
+            self.async_engine = create_async_engine(self.url)
 
     @asynccontextmanager
-    async def tx(self) -> AsyncIterator[AsyncConnection]:
+    async def tx(self) -> AsyncIterator[Conn]:
         """One transaction; commits on success, rolls back on error."""
         try:
-            async with self.engine.begin() as conn:
-                yield conn
+            if self.async_engine is not None:
+                async with self.async_engine.begin() as aconn:
+                    yield AsyncConn(aconn)
+            else:
+                async with self._lock:
+                    if self._sync is None or self._sync.invalidated or self._sync.closed:
+                        self._sync = self.engine.connect()
+                    with self._sync.begin():
+                        yield SyncConn(self._sync)
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             raise
@@ -108,7 +240,14 @@ class Store:
             await conn.execute(text("INSERT INTO health_probe (x) VALUES (1)"))
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        if self.async_engine is not None:
+            await self.async_engine.dispose()
+            return
+        async with self._lock:
+            if self._sync is not None:
+                self._sync.close()
+                self._sync = None
+            self.engine.dispose()
 
 
 def describe_error(exc: BaseException, limit: int = 160) -> str:
@@ -131,6 +270,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=5000")
+    # the gateway is the only writer: a lock held elsewhere (a sqlite3 shell left in a
+    # transaction) fails a unit quickly and visibly rather than freezing the event loop
+    cur.execute("PRAGMA busy_timeout=200")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

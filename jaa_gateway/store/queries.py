@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import and_, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from jaa_gateway.store.db import Conn
 from jaa_gateway.store.schema import alarms, audit, notifications, processed_events, sessions
 
 Row = dict[str, Any]
@@ -23,7 +23,7 @@ def _one(result: Any) -> Row | None:
 
 
 async def add_audit(
-    conn: AsyncConnection,
+    conn: Conn,
     ts: float,
     event: str,
     *,
@@ -45,12 +45,12 @@ async def add_audit(
     )
 
 
-async def open_codes(conn: AsyncConnection) -> set[str]:
+async def open_codes(conn: Conn) -> set[str]:
     rows = await conn.execute(select(alarms.c.code).where(alarms.c.state.in_(OPEN_STATES)))
     return {r[0] for r in rows}
 
 
-async def get_processed(conn: AsyncConnection, sender: str, event_id: str) -> Row | None:
+async def get_processed(conn: Conn, sender: str, event_id: str) -> Row | None:
     return _one(
         await conn.execute(
             select(processed_events).where(
@@ -61,7 +61,7 @@ async def get_processed(conn: AsyncConnection, sender: str, event_id: str) -> Ro
 
 
 async def add_processed(
-    conn: AsyncConnection,
+    conn: Conn,
     sender: str,
     event_id: str,
     ts: float,
@@ -76,11 +76,11 @@ async def add_processed(
     )
 
 
-async def get_session(conn: AsyncConnection, session_id: str) -> Row | None:
+async def get_session(conn: Conn, session_id: str) -> Row | None:
     return _one(await conn.execute(select(sessions).where(sessions.c.id == session_id)))
 
 
-async def active_session_of(conn: AsyncConnection, person: str) -> Row | None:
+async def active_session_of(conn: Conn, person: str) -> Row | None:
     return _one(
         await conn.execute(
             select(sessions).where(and_(sessions.c.active.is_(True), sessions.c.person == person))
@@ -88,21 +88,21 @@ async def active_session_of(conn: AsyncConnection, person: str) -> Row | None:
     )
 
 
-async def active_sessions(conn: AsyncConnection) -> list[Row]:
+async def active_sessions(conn: Conn) -> list[Row]:
     rows = await conn.execute(
         select(sessions).where(sessions.c.active.is_(True)).order_by(sessions.c.started_at)
     )
     return [dict(r) for r in rows.mappings()]
 
 
-async def active_session_count(conn: AsyncConnection) -> int:
+async def active_session_count(conn: Conn) -> int:
     res = await conn.execute(
         select(func.count()).select_from(sessions).where(sessions.c.active.is_(True))
     )
     return int(res.scalar_one())
 
 
-async def active_at_location(conn: AsyncConnection, location: str) -> bool:
+async def active_at_location(conn: Conn, location: str) -> bool:
     res = await conn.execute(
         select(sessions.c.id)
         .where(and_(sessions.c.active.is_(True), sessions.c.location == location))
@@ -111,15 +111,15 @@ async def active_at_location(conn: AsyncConnection, location: str) -> bool:
     return res.first() is not None
 
 
-async def update_session(conn: AsyncConnection, session_id: str, **values: Any) -> None:
+async def update_session(conn: Conn, session_id: str, **values: Any) -> None:
     await conn.execute(update(sessions).where(sessions.c.id == session_id).values(**values))
 
 
-async def get_alarm(conn: AsyncConnection, alarm_id: str) -> Row | None:
+async def get_alarm(conn: Conn, alarm_id: str) -> Row | None:
     return _one(await conn.execute(select(alarms).where(alarms.c.id == alarm_id)))
 
 
-async def open_alarms(conn: AsyncConnection, states: tuple[str, ...] = OPEN_STATES) -> list[Row]:
+async def open_alarms(conn: Conn, states: tuple[str, ...] = OPEN_STATES) -> list[Row]:
     rows = await conn.execute(
         select(alarms).where(alarms.c.state.in_(states)).order_by(alarms.c.opened_at)
     )
@@ -127,7 +127,7 @@ async def open_alarms(conn: AsyncConnection, states: tuple[str, ...] = OPEN_STAT
 
 
 async def open_alarm_of_device(
-    conn: AsyncConnection, device: str, kinds: tuple[str, ...] | None = None
+    conn: Conn, device: str, kinds: tuple[str, ...] | None = None
 ) -> Row | None:
     q = select(alarms).where(
         and_(alarms.c.device == device, alarms.c.state.in_(("prealarm", "escalating")))
@@ -137,11 +137,11 @@ async def open_alarm_of_device(
     return _one(await conn.execute(q.order_by(alarms.c.opened_at.desc()).limit(1)))
 
 
-async def update_alarm(conn: AsyncConnection, alarm_id: str, **values: Any) -> None:
+async def update_alarm(conn: Conn, alarm_id: str, **values: Any) -> None:
     await conn.execute(update(alarms).where(alarms.c.id == alarm_id).values(**values))
 
 
-async def notified_people(conn: AsyncConnection, alarm_id: str) -> list[Row]:
+async def notified_people(conn: Conn, alarm_id: str) -> list[Row]:
     """People an escalation step was addressed to (not cancelled), with their phone."""
     rows = await conn.execute(
         select(notifications.c.person, notifications.c.phone)
@@ -157,7 +157,7 @@ async def notified_people(conn: AsyncConnection, alarm_id: str) -> list[Row]:
     return [dict(r) for r in rows.mappings()]
 
 
-async def was_notified(conn: AsyncConnection, alarm_id: str, person: str) -> bool:
+async def was_notified(conn: Conn, alarm_id: str, person: str) -> bool:
     res = await conn.execute(
         select(notifications.c.id)
         .where(
@@ -173,12 +173,12 @@ async def was_notified(conn: AsyncConnection, alarm_id: str, person: str) -> boo
     return res.first() is not None
 
 
-async def alarm_timeline(conn: AsyncConnection, alarm_id: str) -> list[Row]:
+async def alarm_timeline(conn: Conn, alarm_id: str) -> list[Row]:
     rows = await conn.execute(select(audit).where(audit.c.alarm == alarm_id).order_by(audit.c.seq))
     return [dict(r) for r in rows.mappings()]
 
 
-async def alarm_notifications(conn: AsyncConnection, alarm_id: str) -> list[Row]:
+async def alarm_notifications(conn: Conn, alarm_id: str) -> list[Row]:
     rows = await conn.execute(
         select(notifications).where(notifications.c.alarm == alarm_id).order_by(notifications.c.id)
     )
