@@ -33,6 +33,8 @@ INBOX_SIZE = 20_000
 # session events ride with alarms, so an sos never overtakes the start that locates it
 URGENT = frozenset({"sos", "man_down", "cancel", "session_start", "session_end", "badge"})
 STOP_TIMEOUT = 8.0
+# routine events (check-ins, low battery, door events) handled in one transaction at most
+BATCH_MAX = 50
 
 
 def sd_notify(message: str) -> bool:
@@ -116,17 +118,36 @@ class App:
 
     async def _consume(self) -> None:
         while True:
-            _prio, _seq, ev = await self.inbox.get()
-            try:
-                await self.engine.handle(ev)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # the device repeats alarm and session events until answered, so a failure
-                # here (a full disk, say) is retried by the device, not lost
-                log.exception("event_failed", type=ev.type, id=ev.id)
-            finally:
-                self.metrics.inbox_depth.set(self.inbox.qsize())
+            item = await self.inbox.get()
+            batch = [item[2]]
+            if item[0] != 0:
+                # routine events that queued up together share one transaction (one fsync,
+                # not one each), a bounded number, so an sos behind them waits little;
+                # an urgent event never joins a batch, it runs at once on its own
+                while len(batch) < BATCH_MAX and not self.inbox.empty():
+                    nxt = self.inbox.get_nowait()
+                    if nxt[0] == 0:
+                        await self._handle([nxt[2]])
+                        continue
+                    batch.append(nxt[2])
+            await self._handle(batch)
+
+    async def _handle(self, batch: list[DeviceEvent | DoorEvent]) -> None:
+        try:
+            await self.engine.handle_batch(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # the device repeats alarm and session events until answered, so a failure
+            # here (a full disk, say) is retried by the device, not lost
+            if len(batch) == 1:
+                log.exception("event_failed", type=batch[0].type, id=batch[0].id)
+            else:
+                log.exception(
+                    "events_failed", count=len(batch), events=[f"{e.type}:{e.id}" for e in batch]
+                )
+        finally:
+            self.metrics.inbox_depth.set(self.inbox.qsize())
 
     async def _lag_monitor(self) -> None:
         interval = 0.25

@@ -266,10 +266,61 @@ class Engine(AlarmOps):
     # ------------------------------------------------------------------ inbound events
 
     async def handle(self, ev: DeviceEvent | DoorEvent) -> None:
+        await self.handle_batch([ev])
+
+    async def handle_batch(self, evs: list[DeviceEvent | DoorEvent]) -> None:
+        """Events that queued up together run in one transaction, each under its own SAVEPOINT
+        (one commit, one fsync, for a burst of check-ins, not one each; one that fails is
+        rolled back alone and logged). A single event's failure propagates to the caller."""
+        todo = [ev for ev in evs if self._needs_unit(ev)]
+        if len(todo) == 1:
+            async with self.unit() as tx:
+                await self._apply(tx, todo[0])
+        elif todo:
+            async with self.unit() as tx:
+                for ev in todo:
+                    mark = tx.mark()
+                    try:
+                        async with tx.conn.begin_nested():
+                            await self._apply(tx, ev)
+                    except Exception:
+                        tx.rollback_to(mark)
+                        log.exception("event_failed", type=ev.type, id=ev.id)
+
+    def _needs_unit(self, ev: DeviceEvent | DoorEvent) -> bool:
+        """What needs no transaction is done here: a heartbeat only moves last_seen (stored in
+        batches), and an unknown device's event other than session_start is only counted."""
+        if isinstance(ev, DoorEvent):
+            return True
+        if self.cfg.device(ev.device_id) is None:
+            if ev.type == "session_start":
+                return True
+            self.metrics.rejected.labels(reason="unknown_device").inc()
+            log.warning(
+                "mqtt_message_rejected",
+                reason="unknown_device",
+                device=ev.device_id,
+                type=ev.type,
+            )
+            return False
+        self._touch(ev)
+        if ev.type != "heartbeat":
+            return True
+        key = (ev.device_id, ev.id)
+        if key in self._recent_heartbeats:
+            self.metrics.rejected.labels(reason="duplicate").inc()
+            return False
+        self._recent_heartbeats[key] = None
+        if len(self._recent_heartbeats) > 50_000:
+            for old in list(self._recent_heartbeats)[:10_000]:
+                del self._recent_heartbeats[old]
+        return False
+
+    async def _apply(self, tx: Tx, ev: DeviceEvent | DoorEvent) -> None:
         if isinstance(ev, DeviceEvent):
-            await self._handle_device(ev)
+            await self._device_event(tx, ev)
         else:
-            await self._handle_door(ev)
+            await self._door_event(tx, ev)
 
     def _touch(self, ev: DeviceEvent) -> None:
         ts = ev.received_at.timestamp()
@@ -283,148 +334,122 @@ class Engine(AlarmOps):
             st.lat, st.lon, st.position_at = ev.lat, ev.lon, ts
         self._dirty_devices.add(ev.device_id)
 
-    async def _handle_device(self, ev: DeviceEvent) -> None:
+    async def _device_event(self, tx: Tx, ev: DeviceEvent) -> None:
         device = self.cfg.device(ev.device_id)
-        if device is None:
-            if ev.type == "session_start":
-                # deduplicated like every other answered event: the device repeats until
-                # answered, and each repeat must not count or audit another denial
-                sender = f"device:{ev.device_id}"
-                async with self.unit() as tx:
-                    seen = await q.get_processed(tx.conn, sender, ev.id)
-                    if seen is not None:
-                        self.metrics.rejected.labels(reason="duplicate").inc()
-                        await self._answer_again(tx, seen, ev.device_id, None, ev.id)
-                        return
-                    denial = {
-                        "type": "session_denied",
-                        "reason": "unknown_device",
-                        "detail": f"Device {ev.device_id} is not registered with the gateway.",
-                    }
-                    await q.add_audit(
-                        tx.conn,
-                        tx.ts,
-                        "session_denied",
-                        actor=ev.device_id,
-                        reason="unknown_device",
-                        device=ev.device_id,
-                    )
-                    await q.add_processed(tx.conn, sender, ev.id, tx.ts, ev.type, None, denial)
-                    tx.publish(self.device_topic(ev.device_id), denial | {"re": ev.id})
-                    tx.after_commit.append(
-                        lambda: self.metrics.session_denials.labels(reason="unknown_device").inc()
-                    )
-                log.info("session_denied", device=ev.device_id, reason="unknown_device")
-            else:
-                self.metrics.rejected.labels(reason="unknown_device").inc()
-                log.warning(
-                    "mqtt_message_rejected",
-                    reason="unknown_device",
-                    device=ev.device_id,
-                    type=ev.type,
-                )
-            return
-        self._touch(ev)
-        if ev.type == "heartbeat":
-            key = (ev.device_id, ev.id)
-            if key in self._recent_heartbeats:
-                self.metrics.rejected.labels(reason="duplicate").inc()
-                return
-            self._recent_heartbeats[key] = None
-            if len(self._recent_heartbeats) > 50_000:
-                for old in list(self._recent_heartbeats)[:10_000]:
-                    del self._recent_heartbeats[old]
-            return
-        async with self.unit() as tx:
-            seen = await q.get_processed(tx.conn, f"device:{ev.device_id}", ev.id)
+        if device is None:  # a session_start (_needs_unit lets no other through)
+            # deduplicated like every other answered event: the device repeats until
+            # answered, and each repeat must not count or audit another denial
+            sender = f"device:{ev.device_id}"
+            seen = await q.get_processed(tx.conn, sender, ev.id)
             if seen is not None:
                 self.metrics.rejected.labels(reason="duplicate").inc()
-                log.info("duplicate_event", device=ev.device_id, id=ev.id, type=ev.type)
-                if ev.type in ANSWERED_TYPES:
-                    await self._answer_again(tx, seen, ev.device_id, None, ev.id)
+                await self._answer_again(tx, seen, ev.device_id, None, ev.id)
                 return
-            person = self.cfg.person(device.person)
-            assert person is not None  # config cross-check guarantees it
-            ref: str | None = None
-            reply: dict[str, Any] | None = None
-            if ev.type == "session_start":
+            denial = {
+                "type": "session_denied",
+                "reason": "unknown_device",
+                "detail": f"Device {ev.device_id} is not registered with the gateway.",
+            }
+            await q.add_audit(
+                tx.conn,
+                tx.ts,
+                "session_denied",
+                actor=ev.device_id,
+                reason="unknown_device",
+                device=ev.device_id,
+            )
+            await q.add_processed(tx.conn, sender, ev.id, tx.ts, ev.type, None, denial)
+            tx.publish(self.device_topic(ev.device_id), denial | {"re": ev.id})
+            dev = ev.device_id
+
+            def denied() -> None:
+                self.metrics.session_denials.labels(reason="unknown_device").inc()
+                log.info("session_denied", device=dev, reason="unknown_device")
+
+            tx.after_commit.append(denied)
+            return
+        seen = await q.get_processed(tx.conn, f"device:{ev.device_id}", ev.id)
+        if seen is not None:
+            self.metrics.rejected.labels(reason="duplicate").inc()
+            log.info("duplicate_event", device=ev.device_id, id=ev.id, type=ev.type)
+            if ev.type in ANSWERED_TYPES:
+                await self._answer_again(tx, seen, ev.device_id, None, ev.id)
+            return
+        person = self.cfg.person(device.person)
+        assert person is not None  # config cross-check guarantees it
+        ref: str | None = None
+        reply: dict[str, Any] | None = None
+        if ev.type == "session_start":
+            ref, reply = await self._start(
+                tx,
+                person,
+                source="device",
+                device_id=ev.device_id,
+                door_id=None,
+                location_id=ev.location,
+                planned_minutes=ev.planned_minutes,
+                event_id=ev.id,
+            )
+        elif ev.type == "session_end":
+            await self._end_by_person(
+                tx,
+                person,
+                reason="device",
+                device_id=ev.device_id,
+                door_id=None,
+                event_id=ev.id,
+            )
+        elif ev.type == "checkin":
+            await self._checkin(tx, person, ev)
+        elif ev.type in ("sos", "man_down"):
+            ref = await self.raise_device_alarm(tx, ev, person)
+        elif ev.type == "cancel":
+            ref = await self.worker_cancel(tx, ev, person)
+        elif ev.type == "low_battery":
+            await q.add_audit(tx.conn, tx.ts, "low_battery", actor=ev.device_id, battery=ev.battery)
+            log.warning("device_low_battery", device=ev.device_id, battery=ev.battery)
+        await q.add_processed(tx.conn, f"device:{ev.device_id}", ev.id, tx.ts, ev.type, ref, reply)
+
+    async def _door_event(self, tx: Tx, ev: DoorEvent) -> None:
+        seen = await q.get_processed(tx.conn, f"door:{ev.door_id}", ev.id)
+        if seen is not None:
+            self.metrics.rejected.labels(reason="duplicate").inc()
+            if ev.type in ANSWERED_TYPES:
+                await self._answer_again(tx, seen, None, ev.door_id, ev.id)
+            return
+        ref: str | None = None
+        reply: dict[str, Any] | None = None
+        loc = self.cfg.location_of_door(ev.door_id)
+        if ev.type == "badge":
+            person = self.cfg.person_by_badge(ev.badge or "")
+            action = ev.action
+            if person is not None and action is None:
+                active = await q.active_session_of(tx.conn, person.id)
+                at_here = active is not None and loc is not None and active["location"] == loc.id
+                action = "end" if at_here else "start"
+            if person is not None and action == "end":
+                ref = await self._end_by_person(
+                    tx,
+                    person,
+                    reason="badge",
+                    device_id=None,
+                    door_id=ev.door_id,
+                    event_id=ev.id,
+                )
+            else:
                 ref, reply = await self._start(
                     tx,
                     person,
-                    source="device",
-                    device_id=ev.device_id,
-                    door_id=None,
-                    location_id=ev.location,
-                    planned_minutes=ev.planned_minutes,
+                    source="badge",
+                    device_id=None,
+                    door_id=ev.door_id,
+                    location_id=loc.id if loc else None,
+                    planned_minutes=None,
                     event_id=ev.id,
                 )
-            elif ev.type == "session_end":
-                await self._end_by_person(
-                    tx,
-                    person,
-                    reason="device",
-                    device_id=ev.device_id,
-                    door_id=None,
-                    event_id=ev.id,
-                )
-            elif ev.type == "checkin":
-                await self._checkin(tx, person, ev)
-            elif ev.type in ("sos", "man_down"):
-                ref = await self.raise_device_alarm(tx, ev, person)
-            elif ev.type == "cancel":
-                ref = await self.worker_cancel(tx, ev, person)
-            elif ev.type == "low_battery":
-                await q.add_audit(
-                    tx.conn, tx.ts, "low_battery", actor=ev.device_id, battery=ev.battery
-                )
-                log.warning("device_low_battery", device=ev.device_id, battery=ev.battery)
-            await q.add_processed(
-                tx.conn, f"device:{ev.device_id}", ev.id, tx.ts, ev.type, ref, reply
-            )
-
-    async def _handle_door(self, ev: DoorEvent) -> None:
-        async with self.unit() as tx:
-            seen = await q.get_processed(tx.conn, f"door:{ev.door_id}", ev.id)
-            if seen is not None:
-                self.metrics.rejected.labels(reason="duplicate").inc()
-                if ev.type in ANSWERED_TYPES:
-                    await self._answer_again(tx, seen, None, ev.door_id, ev.id)
-                return
-            ref: str | None = None
-            reply: dict[str, Any] | None = None
-            loc = self.cfg.location_of_door(ev.door_id)
-            if ev.type == "badge":
-                person = self.cfg.person_by_badge(ev.badge or "")
-                action = ev.action
-                if person is not None and action is None:
-                    active = await q.active_session_of(tx.conn, person.id)
-                    at_here = (
-                        active is not None and loc is not None and active["location"] == loc.id
-                    )
-                    action = "end" if at_here else "start"
-                if person is not None and action == "end":
-                    ref = await self._end_by_person(
-                        tx,
-                        person,
-                        reason="badge",
-                        device_id=None,
-                        door_id=ev.door_id,
-                        event_id=ev.id,
-                    )
-                else:
-                    ref, reply = await self._start(
-                        tx,
-                        person,
-                        source="badge",
-                        device_id=None,
-                        door_id=ev.door_id,
-                        location_id=loc.id if loc else None,
-                        planned_minutes=None,
-                        event_id=ev.id,
-                    )
-            elif ev.type == "open" and loc is not None:
-                await self._door_opened(tx, ev, loc.id)
-            await q.add_processed(tx.conn, f"door:{ev.door_id}", ev.id, tx.ts, ev.type, ref, reply)
+        elif ev.type == "open" and loc is not None:
+            await self._door_opened(tx, ev, loc.id)
+        await q.add_processed(tx.conn, f"door:{ev.door_id}", ev.id, tx.ts, ev.type, ref, reply)
 
     async def _answer_again(
         self,

@@ -732,3 +732,46 @@ async def test_badge_start_with_checkins_but_no_live_jaa_is_denied(
         assert ans["type"] == "session_denied" and ans["reason"] == "jaa_required"
         assert "check-ins" in ans["detail"]
         assert await sessions(gw) == []
+
+
+async def test_routine_events_queued_together_share_one_commit_and_fail_alone(
+    cfg: dict[str, Any], mosquitto: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Check-ins that queue up run in one transaction (one fsync for the lot, issue 6), each
+    under its own SAVEPOINT: one that fails is rolled back alone and the rest are stored."""
+    from sqlalchemy import event as sa_event
+
+    from jaa_gateway.adapters.events import DeviceEvent
+
+    t0 = dt.datetime.now(dt.UTC)
+    async with running_gateway(cfg) as gw, probe(mosquitto.port, "jaa/#") as p:
+        ans = await ask(p, dev_ev(OLA_DEV), start("s1"), dev_cmd(OLA_DEV))
+        assert gw.app is not None
+        engine = gw.app.engine
+        commits: list[int] = []
+        sa_event.listen(gw.app.store.engine, "commit", lambda _c: commits.append(1))
+        real = engine._checkin
+
+        async def checkin(tx: Any, person: Any, ev: DeviceEvent) -> None:
+            await real(tx, person, ev)
+            if ev.id == "c-bad":
+                raise RuntimeError("poisoned check-in")
+
+        monkeypatch.setattr(engine, "_checkin", checkin)
+        now = dt.datetime.now(dt.UTC)
+        evs = [
+            DeviceEvent(device_id=OLA_DEV, id=i, type="checkin", ts=None, received_at=now)
+            for i in ("c-1", "c-bad", "c-2")
+        ]
+        await engine.handle_batch(list(evs))
+        assert len(commits) == 1
+        checkins = [
+            e for e in await audit_since(gw, t0) if e["event"] == "checkin" and e["session"]
+        ]
+        assert len(checkins) == 2 and {e["session"] for e in checkins} == {ans["session"]}
+        # the poisoned one left nothing behind: sent again, it is handled, not a duplicate
+        monkeypatch.setattr(engine, "_checkin", real)
+        await engine.handle_batch([evs[1], evs[0]])
+        checkins = [e for e in await audit_since(gw, t0) if e["event"] == "checkin"]
+        assert len(checkins) == 3
+        assert await metric(gw, "jaa_rejected_messages_total", reason="duplicate") == 1
