@@ -18,6 +18,7 @@ from jaa_gateway.adapters.events import DeviceEvent, DoorEvent
 from jaa_gateway.adapters.http import Health, HttpApi
 from jaa_gateway.adapters.mqtt import MqttEdge
 from jaa_gateway.adapters.scheduler import Deadlines, housekeeping_scheduler
+from jaa_gateway.aio import within
 from jaa_gateway.config import Config
 from jaa_gateway.engine import Engine
 from jaa_gateway.metrics import Metrics
@@ -215,9 +216,9 @@ class App:
         # offline goes out (retained) while the MQTT task still runs; cancelling it first
         # would disconnect cleanly, and a clean disconnect does not fire the last will
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.engine.flush_devices(), 2.0)
+            await within(self.engine.flush_devices(), 2.0)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.mqtt.stop(), 3.0)
+            await within(self.mqtt.stop(), 3.0)
         raise _Stop
 
     async def run(self) -> None:
@@ -252,14 +253,14 @@ class App:
     async def _shutdown(self) -> None:
         sd_notify("STOPPING=1")
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.engine.flush_devices(), 2.0)
+            await within(self.engine.flush_devices(), 2.0)
         if self._runner is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._runner.cleanup(), 2.0)
+                await within(self._runner.cleanup(), 2.0)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.notifier.aclose(), 2.0)
+            await within(self.notifier.aclose(), 2.0)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.store.close(), 2.0)
+            await within(self.store.close(), 2.0)
         log.info("gateway_stopped")
 
 

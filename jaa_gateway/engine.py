@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ ANSWERED_TYPES = frozenset({"session_start", "sos", "man_down", "cancel", "badge
 DEDUPE_TTL = dt.timedelta(days=2)
 # a door that flaps should not send an SMS per swing
 NOTICE_SPACING = dt.timedelta(minutes=10)
+# how long one transaction of a batch (deadlines, queued routine events) may hold the event
+# loop before it commits and lets other work (an sos) in
+UNIT_BUDGET_S = 0.02
 
 
 @dataclass
@@ -276,9 +280,16 @@ class Engine(AlarmOps):
         if len(todo) == 1:
             async with self.unit() as tx:
                 await self._apply(tx, todo[0])
-        elif todo:
+            return
+        i = 0
+        while i < len(todo):
+            if i:
+                await asyncio.sleep(0)  # as in on_deadlines: hold the loop briefly
             async with self.unit() as tx:
-                for ev in todo:
+                t0 = time.monotonic()
+                while i < len(todo) and time.monotonic() - t0 < UNIT_BUDGET_S:
+                    ev = todo[i]
+                    i += 1
                     mark = tx.mark()
                     try:
                         async with tx.conn.begin_nested():
@@ -794,22 +805,30 @@ class Engine(AlarmOps):
         return True
 
     async def on_deadlines(self, items: list[tuple[Key, float]]) -> None:
-        """Deadlines due together run in one transaction (one commit, not one each: 10,000
-        check-ins lapsing in the same minute must not queue behind 10,000 fsyncs). Each runs
-        under its own SAVEPOINT, so one that fails is retried alone and spoils no other."""
+        """Deadlines due together run in few transactions (one commit for many, not one each:
+        10,000 check-ins lapsing in the same minute must not queue behind 10,000 fsyncs). Each
+        runs under its own SAVEPOINT, so one that fails is retried alone and spoils no other.
+        A transaction holds the event loop (SQLite runs on its thread), so one is closed after
+        UNIT_BUDGET_S and the loop is let go: an sos arriving meanwhile waits for that long at
+        most, not for the whole wave."""
         items = [(key, due) for key, due in items if not self._offline_still_fresh(key)]
-        if not items:
-            return
-        async with self.unit(wait_publish=False) as tx:
-            for key, _due in items:
-                mark = tx.mark()
-                try:
-                    async with tx.conn.begin_nested():
-                        await self._deadline(tx, key)
-                except Exception:
-                    tx.rollback_to(mark)
-                    log.exception("deadline_failed", kind=key[0], entity=key[1])
-                    tx.set_timer(key, tx.ts + 1.0)
+        i = 0
+        while i < len(items):
+            if i:
+                await asyncio.sleep(0)
+            async with self.unit(wait_publish=False) as tx:
+                t0 = time.monotonic()
+                while i < len(items) and time.monotonic() - t0 < UNIT_BUDGET_S:
+                    key = items[i][0]
+                    i += 1
+                    mark = tx.mark()
+                    try:
+                        async with tx.conn.begin_nested():
+                            await self._deadline(tx, key)
+                    except Exception:
+                        tx.rollback_to(mark)
+                        log.exception("deadline_failed", kind=key[0], entity=key[1])
+                        tx.set_timer(key, tx.ts + 1.0)
 
     async def _deadline(self, tx: Tx, key: Key) -> None:
         kind, entity = key

@@ -20,6 +20,7 @@ from urllib.parse import quote
 import structlog
 from sqlalchemy import and_, exists, func, or_, select, update
 
+from jaa_gateway.aio import wait_event
 from jaa_gateway.config import Config
 from jaa_gateway.domain import texts
 from jaa_gateway.metrics import Metrics
@@ -142,10 +143,7 @@ class Outbox:
                     log.exception("outbox_pass_failed")
                     delay = 1.0
                 if delay > 0:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=delay)
-                    except TimeoutError:
-                        pass
+                    await wait_event(self._wake, delay)
 
     async def _next_delay(self) -> float:
         async with self.store.tx() as conn:

@@ -64,3 +64,27 @@ async def test_savepoint_rolls_back_alone_and_release_does_not_commit(tmp_path: 
             raise ZeroDivisionError
     assert await _events(store) == ["kept"]
     await store.close()
+
+
+async def test_a_version_1_database_gets_the_version_2_indexes(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    store = Store(f"sqlite:///{db}")
+    await store.migrate()
+    await store.close()
+    with sqlite3.connect(db) as c:  # as a gateway of schema version 1 left it
+        c.execute("DROP INDEX ix_alarms_code_state")
+        c.execute("DROP INDEX ix_alarms_device_state")
+        c.execute("DELETE FROM schema_migrations WHERE version = 2")
+    store = Store(f"sqlite:///{db}")
+    assert await store.migrate() == 2
+    await store.close()
+    with sqlite3.connect(db) as c:
+        names = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        plan = " ".join(
+            str(r[3])
+            for r in c.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM alarms WHERE code = '1234' AND state = 'x'"
+            )
+        )
+    assert {"ix_alarms_code_state", "ix_alarms_device_state"} <= names
+    assert "ix_alarms_code_state" in plan

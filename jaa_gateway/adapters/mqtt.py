@@ -34,6 +34,7 @@ import aiomqtt
 import structlog
 
 from jaa_gateway.adapters.events import DeviceEvent, DoorEvent, Rejected, is_valid_id, parse_message
+from jaa_gateway.aio import wait_event, within
 from jaa_gateway.config import MqttSection
 from jaa_gateway.metrics import Metrics
 
@@ -241,8 +242,7 @@ class MqttEdge:
                 delay = backoff_delay(attempt)
                 attempt += 1
                 log.info("mqtt_reconnect_wait", delay_s=round(delay, 3), attempt=attempt)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                await wait_event(self._stopping, delay)
         finally:
             self._set_connected(False)
             self._running = False
@@ -257,7 +257,7 @@ class MqttEdge:
         if not self._running:
             return
         try:
-            await asyncio.wait_for(self._finished.wait(), STOP_TIMEOUT)
+            await within(self._finished.wait(), STOP_TIMEOUT)
         except TimeoutError:
             log.error("mqtt_stop_timeout", timeout_s=STOP_TIMEOUT)
 
@@ -328,7 +328,7 @@ class MqttEdge:
                 if reader is not None and not reader.done():
                     limit = STOP_DRAIN_TIMEOUT if self._stopping.is_set() else None
                     try:
-                        await asyncio.wait_for(asyncio.shield(reader), limit)
+                        await within(asyncio.shield(reader), limit)
                     except TimeoutError:
                         log.error("mqtt_drain_timeout", left=len(client.messages))
                         reader.cancel()

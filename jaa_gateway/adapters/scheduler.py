@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from jaa_gateway.aio import wait_event
+
 log = structlog.get_logger("jaa_gateway.timers")
 
 Key = tuple[str, str]  # (kind, entity id)
@@ -85,6 +87,8 @@ class Deadlines:
             now = self._clock()
             due_now = self.pop_due(now)
             for i in range(0, len(due_now), BATCH):
+                if i:
+                    await asyncio.sleep(0)  # let other work in between batches
                 batch = due_now[i : i + BATCH]
                 if self._on_late is not None:
                     t = self._clock()
@@ -104,10 +108,7 @@ class Deadlines:
             timeout = None if nxt is None else max(0.0, nxt - self._clock())
             if timeout is not None and timeout <= 0:
                 continue
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=min(timeout or 60.0, 60.0))
-            except TimeoutError:
-                pass
+            await wait_event(self._changed, min(timeout or 60.0, 60.0))
 
 
 def housekeeping_scheduler() -> AsyncIOScheduler:

@@ -8,13 +8,14 @@ queues messages for anonymous sessions, so every demo client logs in with a user
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import socket
 import warnings
 from types import TracebackType
 from typing import Any
+
+from jaa_gateway.aio import within
 
 HOST = "127.0.0.1"
 START_ATTEMPTS = 5
@@ -90,7 +91,7 @@ class EmbeddedBroker:
         if broker is None:
             return
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(broker.shutdown(), 5.0)
+            await within(broker.shutdown(), 5.0)
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()

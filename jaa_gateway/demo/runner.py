@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from jaa_gateway.aio import within
 from jaa_gateway.config import Config, ConfigError
 from jaa_gateway.demo.broker import EmbeddedBroker, free_port, port_is_free, quiet_amqtt
 from jaa_gateway.demo.democonfig import DemoSite, load_demo_config, prepare
@@ -223,7 +224,7 @@ async def demo(
             finally:
                 app.stopping.set()
                 try:
-                    await asyncio.wait_for(asyncio.shield(app_task), STOP_TIMEOUT)
+                    await within(asyncio.shield(app_task), STOP_TIMEOUT)
                 except (TimeoutError, asyncio.CancelledError):
                     app_task.cancel()
                     with contextlib.suppress(BaseException):

@@ -144,9 +144,20 @@ async def _v1(conn: Conn) -> None:
     await conn.run_sync(schema.metadata.create_all)
 
 
+async def _v2(conn: Conn) -> None:
+    # v1 creates the current metadata, these included, on a new database: IF NOT EXISTS
+    await conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS ix_alarms_code_state ON alarms (code, state)"
+    )
+    await conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS ix_alarms_device_state ON alarms (device, state)"
+    )
+
+
 # Append only: a released migration is never edited; a schema change is a new entry.
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial schema", _v1),
+    (2, "indexes for alarm codes and a device's open alarm", _v2),
 ]
 
 

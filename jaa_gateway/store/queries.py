@@ -45,9 +45,10 @@ async def add_audit(
     )
 
 
-async def open_codes(conn: Conn) -> set[str]:
-    rows = await conn.execute(select(alarms.c.code).where(alarms.c.state.in_(OPEN_STATES)))
-    return {r[0] for r in rows}
+async def code_taken(conn: Conn, code: str) -> bool:
+    """Whether an open alarm has this code (an index look-up, not a scan of every alarm)."""
+    q = select(alarms.c.id).where(and_(alarms.c.code == code, alarms.c.state.in_(OPEN_STATES)))
+    return (await conn.execute(q.limit(1))).first() is not None
 
 
 async def get_processed(conn: Conn, sender: str, event_id: str) -> Row | None:

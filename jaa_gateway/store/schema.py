@@ -109,6 +109,10 @@ alarms = Table(
     Column("worker_ok_at", Float),
 )
 Index("ix_alarms_state", alarms.c.state)
+# (migration 2) a new alarm's code is checked against the open ones, and a device's check-in
+# looks for its open alarm: without these, both scan every alarm (10,000 open ones: seconds)
+Index("ix_alarms_code_state", alarms.c.code, alarms.c.state)
+Index("ix_alarms_device_state", alarms.c.device, alarms.c.state)
 
 # The outbox: written in the same transaction as the state change that causes it.
 notifications = Table(
