@@ -13,7 +13,6 @@ import difflib
 import math
 import os
 import re
-import tomllib
 import typing
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,6 +22,13 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
+
+# tomli is the parser the standard library's tomllib was made from, published compiled (mypyc):
+# ~3x faster, which is a second of start-up for a 10,000-person site (issue 6). Same API.
+try:
+    import tomli as tomllib
+except ImportError:  # pragma: no cover - the dependency is declared; stay usable without it
+    import tomllib  # type: ignore[no-redef]
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -617,6 +623,16 @@ def _substitute_env(
     return node
 
 
+def _has_env_ref(node: Any) -> bool:
+    if isinstance(node, str):
+        return "${" in node
+    if isinstance(node, dict):
+        return any(_has_env_ref(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_env_ref(v) for v in node)
+    return False
+
+
 def _loc_to_key(loc: Iterable[int | str], data: Any) -> str:
     """Turn a pydantic error location into ``people[ola].phone`` (id when known)."""
     parts: list[str] = []
@@ -861,7 +877,11 @@ def parse_config(
     env = os.environ if env is None else env
     env_problems: list[tuple[str, str]] = []
     env_values: set[str] = set()
-    doc: dict[str, Any] = _substitute_env(dict(data), env, "", env_problems, env_values)
+    # only sections that hold a ${NAME} are walked with key paths (10,000 people: ~0.5 s)
+    doc: dict[str, Any] = {
+        k: _substitute_env(v, env, k, env_problems, env_values) if _has_env_ref(v) else v
+        for k, v in data.items()
+    }
     problems = list(env_problems)
     cfg: Config | None = None
     try:

@@ -286,8 +286,10 @@ class Engine(AlarmOps):
             if i:
                 await asyncio.sleep(0)  # as in on_deadlines: hold the loop briefly
             async with self.unit() as tx:
-                t0 = time.monotonic()
-                while i < len(todo) and time.monotonic() - t0 < UNIT_BUDGET_S:
+                t0, first = time.monotonic(), i
+                while i < len(todo):  # at least one, then while the budget lasts
+                    if i > first and time.monotonic() - t0 >= UNIT_BUDGET_S:
+                        break
                     ev = todo[i]
                     i += 1
                     mark = tx.mark()
@@ -817,8 +819,10 @@ class Engine(AlarmOps):
             if i:
                 await asyncio.sleep(0)
             async with self.unit(wait_publish=False) as tx:
-                t0 = time.monotonic()
-                while i < len(items) and time.monotonic() - t0 < UNIT_BUDGET_S:
+                t0, first = time.monotonic(), i
+                while i < len(items):  # at least one, then while the budget lasts
+                    if i > first and time.monotonic() - t0 >= UNIT_BUDGET_S:
+                        break
                     key = items[i][0]
                     i += 1
                     mark = tx.mark()
