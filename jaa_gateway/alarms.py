@@ -36,6 +36,7 @@ log = structlog.get_logger("jaa_gateway.alarms")
 ESCALATING = ("prealarm", "escalating")
 # built once: constructing a statement per row costs more than running it
 _INSERT_NOTIFICATION = insert(notifications)
+_INSERT_ALARM = insert(alarms)
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,7 @@ class AlarmOps:
         if prealarm:
             row["prealarm_until"] = tx.ts + self.cfg.timing.prealarm_window.total_seconds()
         # stored before any notification goes out (guarantee 1): same transaction as the outbox
-        await tx.conn.execute(insert(alarms).values(**row))
+        await tx.conn.execute(_INSERT_ALARM, row)
         await q.add_audit(
             tx.conn,
             tx.ts,

@@ -41,6 +41,7 @@ NOTICE_SPACING = dt.timedelta(minutes=10)
 # how long one transaction of a batch (deadlines, queued routine events) may hold the event
 # loop before it commits and lets other work (an sos) in
 UNIT_BUDGET_S = 0.02
+_INSERT_SESSION = insert(sessions)
 
 
 @dataclass
@@ -619,7 +620,7 @@ class Engine(AlarmOps):
             "offline_alarmed": False,
             "active": True,
         }
-        await tx.conn.execute(insert(sessions).values(**row))
+        await tx.conn.execute(_INSERT_SESSION, row)
         await q.add_audit(
             tx.conn,
             tx.ts,

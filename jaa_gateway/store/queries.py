@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import Table, Update, and_, bindparam, func, insert, select, update
 
 from jaa_gateway.store.db import Conn
 from jaa_gateway.store.schema import alarms, audit, notifications, processed_events, sessions
@@ -12,8 +12,9 @@ from jaa_gateway.store.schema import alarms, audit, notifications, processed_eve
 Row = dict[str, Any]
 
 OPEN_STATES = ("prealarm", "escalating", "acknowledged")
-# built once: building a statement per call costs more than running it (SQLAlchemy's cache
-# key generation), and these run on every event
+# Statements on the hot paths are built once, with bound parameters: building one per call
+# costs ~4x more than running it (SQLAlchemy's cache key generation; measured: 190 us against
+# 47 us for a look-up by id, 162 against 29 for an update), and these run on every event
 _INSERT_AUDIT = insert(audit)
 
 
@@ -45,20 +46,29 @@ async def add_audit(
     )
 
 
+_CODE_TAKEN = (
+    select(alarms.c.id)
+    .where(and_(alarms.c.code == bindparam("code"), alarms.c.state.in_(OPEN_STATES)))
+    .limit(1)
+)
+
+
 async def code_taken(conn: Conn, code: str) -> bool:
     """Whether an open alarm has this code (an index look-up, not a scan of every alarm)."""
-    q = select(alarms.c.id).where(and_(alarms.c.code == code, alarms.c.state.in_(OPEN_STATES)))
-    return (await conn.execute(q.limit(1))).first() is not None
+    return (await conn.execute(_CODE_TAKEN, {"code": code})).first() is not None
+
+
+_GET_PROCESSED = select(processed_events).where(
+    and_(
+        processed_events.c.sender == bindparam("sender"),
+        processed_events.c.event_id == bindparam("event_id"),
+    )
+)
+_INSERT_PROCESSED = insert(processed_events)
 
 
 async def get_processed(conn: Conn, sender: str, event_id: str) -> Row | None:
-    return _one(
-        await conn.execute(
-            select(processed_events).where(
-                and_(processed_events.c.sender == sender, processed_events.c.event_id == event_id)
-            )
-        )
-    )
+    return _one(await conn.execute(_GET_PROCESSED, {"sender": sender, "event_id": event_id}))
 
 
 async def add_processed(
@@ -71,22 +81,30 @@ async def add_processed(
     reply: dict[str, Any] | None = None,
 ) -> None:
     await conn.execute(
-        insert(processed_events).values(
-            sender=sender, event_id=event_id, received_at=ts, type=type_, ref=ref, reply=reply
-        )
+        _INSERT_PROCESSED,
+        {
+            "sender": sender,
+            "event_id": event_id,
+            "received_at": ts,
+            "type": type_,
+            "ref": ref,
+            "reply": reply,
+        },
     )
+
+
+_GET_SESSION = select(sessions).where(sessions.c.id == bindparam("id"))
+_ACTIVE_SESSION_OF = select(sessions).where(
+    and_(sessions.c.active.is_(True), sessions.c.person == bindparam("person"))
+)
 
 
 async def get_session(conn: Conn, session_id: str) -> Row | None:
-    return _one(await conn.execute(select(sessions).where(sessions.c.id == session_id)))
+    return _one(await conn.execute(_GET_SESSION, {"id": session_id}))
 
 
 async def active_session_of(conn: Conn, person: str) -> Row | None:
-    return _one(
-        await conn.execute(
-            select(sessions).where(and_(sessions.c.active.is_(True), sessions.c.person == person))
-        )
-    )
+    return _one(await conn.execute(_ACTIVE_SESSION_OF, {"person": person}))
 
 
 async def active_sessions(conn: Conn) -> list[Row]:
@@ -112,12 +130,37 @@ async def active_at_location(conn: Conn, location: str) -> bool:
     return res.first() is not None
 
 
+def _update_by_id(table: Table, columns: frozenset[str]) -> Update:
+    """UPDATE table SET <columns> WHERE id = :_id, built once per set of columns."""
+    key = (table.name, columns)
+    stmt = _UPDATES.get(key)
+    if stmt is None:
+        stmt = _UPDATES[key] = (
+            update(table)
+            .where(table.c.id == bindparam("_id"))
+            .values({c: bindparam(f"v_{c}") for c in sorted(columns)})
+        )
+    return stmt
+
+
+_UPDATES: dict[tuple[str, frozenset[str]], Update] = {}
+
+
+async def _update(conn: Conn, table: Table, row_id: str, values: dict[str, Any]) -> None:
+    params = {f"v_{k}": v for k, v in values.items()}
+    params["_id"] = row_id
+    await conn.execute(_update_by_id(table, frozenset(values)), params)
+
+
 async def update_session(conn: Conn, session_id: str, **values: Any) -> None:
-    await conn.execute(update(sessions).where(sessions.c.id == session_id).values(**values))
+    await _update(conn, sessions, session_id, values)
+
+
+_GET_ALARM = select(alarms).where(alarms.c.id == bindparam("id"))
 
 
 async def get_alarm(conn: Conn, alarm_id: str) -> Row | None:
-    return _one(await conn.execute(select(alarms).where(alarms.c.id == alarm_id)))
+    return _one(await conn.execute(_GET_ALARM, {"id": alarm_id}))
 
 
 async def open_alarms(conn: Conn, states: tuple[str, ...] = OPEN_STATES) -> list[Row]:
@@ -130,16 +173,27 @@ async def open_alarms(conn: Conn, states: tuple[str, ...] = OPEN_STATES) -> list
 async def open_alarm_of_device(
     conn: Conn, device: str, kinds: tuple[str, ...] | None = None
 ) -> Row | None:
-    q = select(alarms).where(
-        and_(alarms.c.device == device, alarms.c.state.in_(("prealarm", "escalating")))
+    if kinds is None:
+        return _one(await conn.execute(_OPEN_OF_DEVICE, {"device": device}))
+    return _one(await conn.execute(_OPEN_OF_DEVICE_KINDS, {"device": device, "kinds": list(kinds)}))
+
+
+_OPEN_OF_DEVICE = (
+    select(alarms)
+    .where(
+        and_(
+            alarms.c.device == bindparam("device"),
+            alarms.c.state.in_(("prealarm", "escalating")),
+        )
     )
-    if kinds is not None:
-        q = q.where(alarms.c.kind.in_(kinds))
-    return _one(await conn.execute(q.order_by(alarms.c.opened_at.desc()).limit(1)))
+    .order_by(alarms.c.opened_at.desc())
+    .limit(1)
+)
+_OPEN_OF_DEVICE_KINDS = _OPEN_OF_DEVICE.where(alarms.c.kind.in_(bindparam("kinds", expanding=True)))
 
 
 async def update_alarm(conn: Conn, alarm_id: str, **values: Any) -> None:
-    await conn.execute(update(alarms).where(alarms.c.id == alarm_id).values(**values))
+    await _update(conn, alarms, alarm_id, values)
 
 
 async def notified_people(conn: Conn, alarm_id: str) -> list[Row]:
