@@ -157,11 +157,6 @@ class AlarmOps:
         else:
             tx.publish(self.alarm_topic(a["id"]), None, retain=True)
 
-    async def refresh_alarm_gauge(self) -> None:
-        async with self.store.tx() as conn:
-            n = len(await q.open_alarms(conn))
-        self.metrics.alarms_open.set(n)
-
     async def republish_open_alarms(self) -> None:
         """After a (re)connect: the retained topics may have been lost with the broker."""
         async with self.unit() as tx:

@@ -157,15 +157,16 @@ class Engine(AlarmOps):
                 )
             for s in await q.active_sessions(tx.conn):
                 self._session_timers(tx, s)
-            for a in await q.open_alarms(tx.conn):
+            open_rows = await q.open_alarms(tx.conn)
+            for a in open_rows:
                 self._alarm_timer(tx, a)
             n_sessions = await q.active_session_count(tx.conn)
-            n_alarms = len(await q.open_alarms(tx.conn, ("prealarm", "escalating")))
+            n_alarms = sum(1 for a in open_rows if a["state"] in ("prealarm", "escalating"))
             await q.add_audit(
                 tx.conn, tx.ts, "gateway_started", sessions=n_sessions, open_alarms=n_alarms
             )
         self.metrics.sessions_active.set(n_sessions)
-        await self.refresh_alarm_gauge()
+        self.metrics.alarms_open.set(len(open_rows))
         log.info(
             "engine_started", sessions=n_sessions, open_alarms=n_alarms, timers=len(self.deadlines)
         )

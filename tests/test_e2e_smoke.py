@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.support.broker import MosquittoBroker, probe
 from tests.support.gateway import running_gateway, site_config
@@ -39,3 +43,33 @@ async def test_session_then_sos_then_api_ack(
             "jaa/device/jaa-0042/cmd", lambda s: s.json()["type"] == "alarm_acknowledged"
         )
         assert ack.json()["by"] == "guard-1"
+
+
+async def test_the_daemon_collects_garbage_again_once_started(
+    tmp_path: Path,
+    mosquitto: MosquittoBroker,
+    twilio_double: TwilioDouble,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`jaa-gateway run` starts with the cycle collector off (start-up time, issue 6); App.run
+    must freeze what start-up built and turn it back on, or a daemon would never collect."""
+    from jaa_gateway import app as app_mod
+
+    original = app_mod.App.__init__
+
+    def init(self: app_mod.App, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.freeze_gc = True  # as run_daemon sets it
+
+    frozen: list[bool] = []
+    monkeypatch.setattr(app_mod.App, "__init__", init)
+    # the test process's own objects stay collectable: record the call instead of freezing
+    monkeypatch.setattr(app_mod.gc, "freeze", lambda: frozen.append(gc.isenabled()))
+    gc.disable()
+    try:
+        cfg = site_config(tmp_path / "state.db", mosquitto.port, twilio_double)
+        async with running_gateway(cfg):
+            assert frozen == [False]  # frozen while still off...
+            assert gc.isenabled()  # ...and on again once running
+    finally:
+        gc.enable()
