@@ -20,7 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from jaa_gateway.adapters.events import DeviceEvent, DoorEvent
-from jaa_gateway.adapters.mqtt import MqttEdge, backoff_delay
+from jaa_gateway.adapters.mqtt import MAX_IN_FLIGHT, MqttEdge, backoff_delay
 from jaa_gateway.config import MqttSection
 from jaa_gateway.metrics import Metrics
 from tests.support.broker import MosquittoBroker, MqttProbe, free_port, probe
@@ -477,24 +477,25 @@ async def test_unacknowledged_sends_go_again_first_and_in_order(
     async with MqttProbe(mosquitto.port, client_id="observer", clean_session=False) as p:
         await p.subscribe("jaa/device/+/cmd")
     mosquitto.restart()  # saves the observer's session to disk: it must survive the SIGKILL
+    n = MAX_IN_FLIGHT + 22
     async with running_edge(mosquitto.port, Collector()) as edge:
         mosquitto.pause()  # sends go out but are never acknowledged
         sends = [
             asyncio.create_task(edge.publish(edge.device_cmd_topic("d1"), {"n": i}))
-            for i in range(30)
+            for i in range(n)
         ]
         await asyncio.sleep(0.2)
-        assert 0 < edge.buffered < 30  # some in flight, the rest waiting behind them
+        assert edge.buffered == n - MAX_IN_FLIGHT  # a window in flight, the rest behind it
         mosquitto.kill()  # the connection dies with the sends unacknowledged
         await wait_until(lambda: not edge.connected)
         await asyncio.wait_for(asyncio.gather(*sends), 2)  # callers are released, not stuck
-        assert edge.buffered == 30
+        assert edge.buffered == n
         mosquitto.start()
         await wait_until(lambda: edge.connected, timeout=BACKOFF_BOUND)
         await wait_until(lambda: edge.buffered == 0)
         async with MqttProbe(mosquitto.port, client_id="observer", clean_session=False) as p:
-            await p.wait_message("jaa/device/d1/cmd", lambda m: m.json()["n"] == 29)
-    assert [m.json()["n"] for m in p.seen] == list(range(30))
+            await p.wait_message("jaa/device/d1/cmd", lambda m: m.json()["n"] == n - 1)
+    assert [m.json()["n"] for m in p.seen] == list(range(n))
 
 
 # ---------------------------------------------------------------------------- production broker

@@ -44,8 +44,11 @@ OFFLINE: Final = b'{"state":"offline"}'
 ONLINE: Final = b'{"state":"online"}'
 
 BUFFER_LIMIT: Final = 10_000
-# aiomqtt warns past 10 pending calls; stay under it, subscribe included.
-MAX_IN_FLIGHT: Final = 8
+# QoS 1 publishes awaiting their PUBACK. Answers go out at this window per round trip: 8 (under
+# aiomqtt's default warning threshold of 10 pending calls) let a wave of 10,000 lapsing
+# check-ins overflow the buffer (issue 6: half the checkin_due never left), so the window is
+# wider, and aiomqtt's warning threshold and paho's in-flight limit are raised with it.
+MAX_IN_FLIGHT: Final = 64
 # A safety product must be back quickly: first retry after ~0.1-0.2 s, never more than 5 s apart.
 BACKOFF_BASE: Final = 0.2
 BACKOFF_CAP: Final = 5.0
@@ -269,7 +272,7 @@ class MqttEdge:
         if s.tls_ca or s.tls_cert:
             # Certificates are loaded by aiomqtt in its connect thread, not on the event loop.
             tls = aiomqtt.TLSParameters(ca_certs=s.tls_ca, certfile=s.tls_cert, keyfile=s.tls_key)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             s.host,
             s.port,
             username=s.username,
@@ -281,7 +284,10 @@ class MqttEdge:
             keepalive=KEEPALIVE,
             timeout=OP_TIMEOUT,
             tls_params=tls,
+            max_inflight_messages=MAX_IN_FLIGHT + 4,  # the window, the status and subscribe
         )
+        client.pending_calls_threshold = MAX_IN_FLIGHT + 4  # aiomqtt's warning, not a limit
+        return client
 
     async def _connection(self) -> bool:
         """One connection, from connect to disconnect. Returns whether the broker accepted us."""
