@@ -11,10 +11,10 @@ import asyncio
 import datetime as dt
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import delete, insert, select, update
@@ -42,6 +42,7 @@ NOTICE_SPACING = dt.timedelta(minutes=10)
 # loop before it commits and lets other work (an sos) in
 UNIT_BUDGET_S = 0.02
 _INSERT_SESSION = insert(sessions)
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -271,36 +272,52 @@ class Engine(AlarmOps):
 
     # ------------------------------------------------------------------ inbound events
 
-    async def handle(self, ev: DeviceEvent | DoorEvent) -> None:
-        await self.handle_batch([ev])
-
     async def handle_batch(self, evs: list[DeviceEvent | DoorEvent]) -> None:
-        """Events that queued up together run in one transaction, each under its own SAVEPOINT
-        (one commit, one fsync, for a burst of check-ins, not one each; one that fails is
-        rolled back alone and logged). A single event's failure propagates to the caller."""
+        """Events that queued up together share transactions (`_in_units`: one commit, one
+        fsync, for a burst of check-ins, not one each; one that fails is rolled back alone and
+        logged). A single event's failure propagates to the caller."""
         todo = [ev for ev in evs if self._needs_unit(ev)]
         if len(todo) == 1:
             async with self.unit() as tx:
                 await self._apply(tx, todo[0])
             return
+
+        def failed(_tx: Tx, ev: DeviceEvent | DoorEvent) -> None:
+            log.exception("event_failed", type=ev.type, id=ev.id)
+
+        await self._in_units(todo, self._apply, failed, wait_publish=True)
+
+    async def _in_units(
+        self,
+        items: list[_T],
+        one: Callable[[Tx, _T], Awaitable[None]],
+        failed: Callable[[Tx, _T], None],
+        *,
+        wait_publish: bool,
+    ) -> None:
+        """`one` for every item, each under its own SAVEPOINT (`failed` is called, inside the
+        except block, for one that raised and was rolled back), in as few transactions as
+        UNIT_BUDGET_S allows. A transaction holds the event loop (SQLite runs on its thread),
+        so after the budget it commits and lets the loop go: an sos arriving meanwhile waits
+        that long at most, not for the whole batch. Each transaction handles at least one."""
         i = 0
-        while i < len(todo):
+        while i < len(items):
             if i:
-                await asyncio.sleep(0)  # as in on_deadlines: hold the loop briefly
-            async with self.unit() as tx:
+                await asyncio.sleep(0)
+            async with self.unit(wait_publish=wait_publish) as tx:
                 t0, first = time.monotonic(), i
-                while i < len(todo):  # at least one, then while the budget lasts
+                while i < len(items):
                     if i > first and time.monotonic() - t0 >= UNIT_BUDGET_S:
                         break
-                    ev = todo[i]
+                    item = items[i]
                     i += 1
                     mark = tx.mark()
                     try:
                         async with tx.conn.begin_nested():
-                            await self._apply(tx, ev)
+                            await one(tx, item)
                     except Exception:
                         tx.rollback_to(mark)
-                        log.exception("event_failed", type=ev.type, id=ev.id)
+                        failed(tx, item)
 
     def _needs_unit(self, ev: DeviceEvent | DoorEvent) -> bool:
         """What needs no transaction is done here: a heartbeat only moves last_seen (stored in
@@ -809,32 +826,16 @@ class Engine(AlarmOps):
         return True
 
     async def on_deadlines(self, items: list[tuple[Key, float]]) -> None:
-        """Deadlines due together run in few transactions (one commit for many, not one each:
-        10,000 check-ins lapsing in the same minute must not queue behind 10,000 fsyncs). Each
-        runs under its own SAVEPOINT, so one that fails is retried alone and spoils no other.
-        A transaction holds the event loop (SQLite runs on its thread), so one is closed after
-        UNIT_BUDGET_S and the loop is let go: an sos arriving meanwhile waits for that long at
-        most, not for the whole wave."""
-        items = [(key, due) for key, due in items if not self._offline_still_fresh(key)]
-        i = 0
-        while i < len(items):
-            if i:
-                await asyncio.sleep(0)
-            async with self.unit(wait_publish=False) as tx:
-                t0, first = time.monotonic(), i
-                while i < len(items):  # at least one, then while the budget lasts
-                    if i > first and time.monotonic() - t0 >= UNIT_BUDGET_S:
-                        break
-                    key = items[i][0]
-                    i += 1
-                    mark = tx.mark()
-                    try:
-                        async with tx.conn.begin_nested():
-                            await self._deadline(tx, key)
-                    except Exception:
-                        tx.rollback_to(mark)
-                        log.exception("deadline_failed", kind=key[0], entity=key[1])
-                        tx.set_timer(key, tx.ts + 1.0)
+        """Deadlines due together share transactions (`_in_units`: 10,000 check-ins lapsing
+        in the same minute must not queue behind 10,000 fsyncs, nor hold the loop for the
+        whole wave). One that fails is rolled back alone and retried in a second."""
+        keys = [key for key, _due in items if not self._offline_still_fresh(key)]
+
+        def failed(tx: Tx, key: Key) -> None:
+            log.exception("deadline_failed", kind=key[0], entity=key[1])
+            tx.set_timer(key, tx.ts + 1.0)
+
+        await self._in_units(keys, self._deadline, failed, wait_publish=False)
 
     async def _deadline(self, tx: Tx, key: Key) -> None:
         kind, entity = key
