@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
@@ -28,6 +28,7 @@ from jaa_gateway.notify.base import Notifier
 from jaa_gateway.outbox import Outbox
 from jaa_gateway.selfwatch import SelfWatch
 from jaa_gateway.store.db import Store
+from jaa_gateway.supervise import Supervisor
 
 log = structlog.get_logger("jaa_gateway.app")
 
@@ -37,6 +38,10 @@ URGENT = frozenset({"sos", "man_down", "cancel", "session_start", "session_end",
 STOP_TIMEOUT = 8.0
 # routine events (check-ins, low battery, door events) handled in one transaction at most
 BATCH_MAX = 50
+CONSOLE_WARNING = (
+    "notify.driver is 'console': SMS and calls are only printed, nobody is paged "
+    "(set driver = 'twilio' in production)"
+)
 
 
 def sd_notify(message: str) -> bool:
@@ -71,6 +76,7 @@ class App:
         self.metrics = Metrics()
         self.store = Store(cfg.gateway.database)
         self.notifier = notifier or make_notifier(cfg, write=notify_write)
+        self.supervisor = Supervisor(self.metrics)
         self.deadlines = Deadlines(on_late=self.metrics.timer_lateness.observe)
         self.outbox = Outbox(cfg, self.store, self.notifier, self.metrics)
         # alarm events jump the queue: an sos must not wait behind a burst of heartbeats
@@ -90,7 +96,14 @@ class App:
             send_now=self.outbox.submit,
         )
         self.selfwatch = SelfWatch(
-            cfg, self.store, self.outbox, self.notifier, self.mqtt, self.metrics
+            cfg,
+            self.store,
+            self.outbox,
+            self.notifier,
+            self.mqtt,
+            self.metrics,
+            supervisor=self.supervisor,
+            abandoned=lambda: self.engine.abandoned_deadlines,
         )
         self.loop_lag = 0.0
         self.http = HttpApi(
@@ -101,6 +114,7 @@ class App:
                 extra=lambda: [
                     f"degraded: {self.selfwatch.details.get(r, r)}" for r in self.selfwatch.reasons
                 ],
+                warnings=lambda: [CONSOLE_WARNING] if cfg.notify.driver == "console" else [],
             ),
         )
         self.ready = asyncio.Event()
@@ -165,6 +179,7 @@ class App:
     async def _watchdog(self) -> None:
         usec = os.environ.get("WATCHDOG_USEC")
         if not usec or not usec.isdigit():
+            await asyncio.Event().wait()  # no watchdog asked for: idle (a return is a fault)
             return
         period = int(usec) / 2e6
         while True:
@@ -227,6 +242,8 @@ class App:
     async def run(self) -> None:
         """Run until `stopping` is set; then stop within STOP_TIMEOUT."""
         t0 = time.monotonic()
+        if self.cfg.notify.driver == "console":
+            log.warning("notify_console_driver", warning=CONSOLE_WARNING)
         version = await self.store.migrate()
         log.info("db_ready", schema_version=version)
         await self.outbox.recover()
@@ -243,14 +260,31 @@ class App:
             gc.enable()
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.mqtt.run(), name="mqtt")
-                tg.create_task(self._consume(), name="inbox")
-                tg.create_task(self.deadlines.run(self.engine.on_deadlines), name="deadlines")
-                tg.create_task(self.outbox.run(), name="outbox")
-                tg.create_task(self._lag_monitor(), name="loop-lag")
-                tg.create_task(self._watchdog(), name="watchdog")
-                tg.create_task(self._housekeeping(), name="housekeeping")
-                tg.create_task(self.selfwatch.run(), name="selfwatch")
+                # every long-running task is supervised: an exception in one loop is logged,
+                # counted, reported as degraded and the task restarted; it never ends the daemon
+                sup = self.supervisor.run
+                tasks: dict[str, Callable[[], Awaitable[None]]] = {
+                    "mqtt": self.mqtt.run,
+                    "inbox": self._consume,
+                    "deadlines": lambda: self.deadlines.run(self.engine.on_deadlines),
+                    "outbox": self.outbox.run,
+                    "loop-lag": self._lag_monitor,
+                    "watchdog": self._watchdog,
+                    "housekeeping": self._housekeeping,
+                    "selfwatch": self.selfwatch.run,
+                }
+                for name, start in tasks.items():
+                    tg.create_task(
+                        sup(
+                            name,
+                            start,
+                            before_restart=self.outbox.reset_after_crash
+                            if name == "outbox"
+                            else None,
+                            stopping=self.stopping.is_set,
+                        ),
+                        name=name,
+                    )
                 tg.create_task(self._wait_ready(), name="ready")
                 tg.create_task(self._wait_stop(), name="stop")
                 log.info("gateway_started", startup_s=round(time.monotonic() - t0, 3))

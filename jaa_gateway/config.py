@@ -287,7 +287,8 @@ class HttpSection(_Frozen):
 
 
 class NotifySection(_Frozen):
-    driver: Literal["twilio", "console"] = "console"
+    # twilio unless console is asked for: a config that forgot [notify] must page, not print
+    driver: Literal["twilio", "console"] = "twilio"
     # how long a notification may keep failing transiently before it is given up (audited)
     retry_for: Duration = dt.timedelta(minutes=10)
     # at most one call per number this often (caller-ID spam flagging)
@@ -1012,7 +1013,13 @@ def _cross_check(v: _View) -> list[tuple[str, str]]:
             out.append((f"{section}[{d}]", f"id {d!r} is used more than once"))
 
     if v.notify is not None and v.notify.driver == "twilio" and not v.has_twilio:
-        out.append(("twilio", "section [twilio] is required when notify.driver = 'twilio'"))
+        out.append(
+            (
+                "twilio",
+                "section [twilio] is required: [notify] driver is 'twilio' unless "
+                "driver = 'console' is set (console only prints; nobody is paged)",
+            )
+        )
     if v.default_escalation is not None and not v.exists("escalation_chains", v.default_escalation):
         out.append(
             ("gateway.default_escalation", f"unknown escalation chain {v.default_escalation!r}")

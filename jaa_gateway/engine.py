@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from jaa_gateway.config import Assessment, Config, Person
 from jaa_gateway.domain import gate, roster, texts
 from jaa_gateway.effects import Publisher, Tx
 from jaa_gateway.metrics import Metrics
+from jaa_gateway.poison import RepeatFailures
 from jaa_gateway.store import queries as q
 from jaa_gateway.store.db import Store
 from jaa_gateway.store.schema import assessments, devices, processed_events, sessions
@@ -91,6 +93,11 @@ class Engine(AlarmOps):
         self._assessments_by_person: dict[str, list[Assessment]] = {}
         # session -> (device, started_at) of every session whose device is watched
         self._offline_watch: dict[str, tuple[str, float]] = {}
+        # committed units: a deadline that keeps failing while these go on is poison
+        self.commits = 0
+        self._deadline_failures: RepeatFailures[Key] = RepeatFailures()
+        # deadlines given up on (key -> why): the self-watch reports them as degraded
+        self.abandoned_deadlines: dict[Key, str] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -108,6 +115,7 @@ class Engine(AlarmOps):
             async with self.store.tx() as conn:
                 tx = Tx(conn=conn, now=self.clock())
                 yield tx
+            self.commits += 1
             for key, due in tx.timers:
                 if due is None:
                     self.deadlines.discard(key)
@@ -832,10 +840,25 @@ class Engine(AlarmOps):
         keys = [key for key, _due in items if not self._offline_still_fresh(key)]
 
         def failed(tx: Tx, key: Key) -> None:
-            log.exception("deadline_failed", kind=key[0], entity=key[1])
-            tx.set_timer(key, tx.ts + 1.0)
+            exc = sys.exc_info()[1]
+            error = f"{type(exc).__name__}: {str(exc)[:200]}" if exc else "unknown"
+            retry_in = self._deadline_failures.failed(key, error, self.commits)
+            if retry_in is not None:
+                log.exception("deadline_failed", kind=key[0], entity=key[1], retry_in_s=retry_in)
+                tx.set_timer(key, tx.ts + retry_in)
+                return
+            # failed again and again while other work went through: poison, not an outage.
+            # Retrying forever would hide it; the self-watch reports it (degraded, audited,
+            # the default chain told) and the entity keeps its state in the store.
+            log.exception("deadline_abandoned", kind=key[0], entity=key[1], error=error)
+            self.abandoned_deadlines[key] = error
+            self.metrics.deadlines_abandoned.inc()
 
-        await self._in_units(keys, self._deadline, failed, wait_publish=False)
+        async def one(tx: Tx, key: Key) -> None:
+            await self._deadline(tx, key)
+            self._deadline_failures.succeeded(key)
+
+        await self._in_units(keys, one, failed, wait_publish=False)
 
     async def _deadline(self, tx: Tx, key: Key) -> None:
         kind, entity = key

@@ -17,6 +17,18 @@ REJECT_REASONS = (
     "handler_error",
 )
 
+# the daemon's supervised long-running tasks (app.py), listed so their counters start at 0
+SUPERVISED_TASKS = (
+    "mqtt",
+    "inbox",
+    "deadlines",
+    "outbox",
+    "loop-lag",
+    "watchdog",
+    "housekeeping",
+    "selfwatch",
+)
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -70,6 +82,19 @@ class Metrics:
         )
         self.loop_lag = Gauge(
             "jaa_event_loop_lag_seconds", "Last measured event loop lag", registry=r
+        )
+        self.task_restarts = Counter(
+            "jaa_task_restarts",
+            "Long-running tasks restarted after they failed",
+            ["task"],
+            registry=r,
+        )
+        for task in SUPERVISED_TASKS:
+            self.task_restarts.labels(task=task)
+        self.deadlines_abandoned = Counter(
+            "jaa_deadlines_abandoned",
+            "Deadlines given up on after failing again and again while other work succeeded",
+            registry=r,
         )
         self.timer_lateness = Histogram(
             "jaa_timer_lateness_seconds",

@@ -444,6 +444,23 @@ class Outbox:
         values = {"state": "pending", "next_attempt_at": now + delay, "error": message}
         return values, "notification_retry", detail | {"retry_in_s": round(delay, 3)}
 
+    async def reset_after_crash(self) -> None:
+        """Before the supervisor restarts a crashed sender: its send tasks died with it, so the
+        rows they had claimed ('sending') would wait for a process restart. Put them back as
+        pending, except rows the engine handed over that no task has taken yet."""
+        keep = {int(r["id"]) for r in self._direct}
+        self._in_flight &= keep
+        now = self.clock().timestamp()
+        async with self.store.tx() as conn:
+            res = await conn.execute(
+                update(notifications)
+                .where(and_(notifications.c.state == "sending", notifications.c.id.not_in(keep)))
+                .values(state="pending", next_attempt_at=now)
+            )
+            if res.rowcount:
+                log.warning("outbox_requeued_after_crash", count=res.rowcount)
+                await q.add_audit(conn, now, "outbox_requeued", count=res.rowcount, why="crash")
+
     async def pending_count(self) -> int:
         async with self.store.tx() as conn:
             n = (

@@ -26,6 +26,7 @@ from jaa_gateway.notify.twiml import voice_reply
 from jaa_gateway.outbox import Outbox
 from jaa_gateway.store import queries as q
 from jaa_gateway.store.db import Store, describe_error
+from jaa_gateway.supervise import Supervisor
 from jaa_gateway.timeutil import utcnow
 
 log = structlog.get_logger("jaa_gateway.selfwatch")
@@ -47,8 +48,13 @@ class SelfWatch:
         metrics: Metrics,
         *,
         clock: Callable[[], dt.datetime] = utcnow,
+        supervisor: Supervisor | None = None,
+        abandoned: Callable[[], dict[tuple[str, str], str]] = dict,
     ) -> None:
         self.cfg = cfg
+        self.supervisor = supervisor
+        # deadlines the engine gave up on (poison): degraded until the daemon is restarted
+        self.abandoned = abandoned
         self.store = store
         self.outbox = outbox
         self.notifier = notifier
@@ -79,6 +85,19 @@ class SelfWatch:
         except Exception as exc:
             reasons.append("database_unwritable")
             details["database_unwritable"] = f"database not writable ({describe_error(exc)})"
+        abandoned = self.abandoned()
+        if abandoned:
+            reasons.append("deadline_failed")
+            details["deadline_failed"] = "; ".join(
+                f"deadline of {kind} {entity} given up after repeated failures ({why})"
+                for (kind, entity), why in list(abandoned.items())[:5]
+            )
+        faults = self.supervisor.recent_faults() if self.supervisor is not None else []
+        if faults:
+            reasons.append("task_failed")
+            details["task_failed"] = "; ".join(
+                f"task {f.task} restarted ({f.restarts}x): {f.error}" for f in faults
+            )
         self.details = details
         return reasons
 

@@ -43,6 +43,7 @@ EXAMPLE_ENV = {
 
 _BASE: dict[str, Any] = {
     "gateway": {"site": "test", "timezone": "Europe/Oslo", "default_escalation": "guards"},
+    "notify": {"driver": "console"},
     "http": {"api_tokens": ["a-long-enough-api-token"]},
     "people": [
         {
@@ -326,6 +327,23 @@ def test_phone_numbers_must_be_valid_e164(phone: object, why: str) -> None:
     assert only(doc).startswith(f"{SRC}: people[nils].phone: {why}")
 
 
+def test_without_notify_the_driver_is_twilio() -> None:
+    """A config that forgot [notify] must page through Twilio, not print (issue 11)."""
+    doc = base()
+    del doc["notify"]
+    assert problems(doc) == [
+        f"{SRC}: twilio: section [twilio] is required: [notify] driver is 'twilio' unless "
+        "driver = 'console' is set (console only prints; nobody is paged)"
+    ]
+    doc["twilio"] = {
+        "account_sid": "AC" + "0" * 32,
+        "auth_token": "x" * 32,
+        "from_number": "+4740000000",
+    }
+    cfg = parse_config(doc, source=SRC, env={})
+    assert cfg.notify.driver == "twilio"
+
+
 def test_twilio_from_number_is_checked_too() -> None:
     doc = base()
     doc["twilio"] = {
@@ -552,7 +570,8 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_load_config_reports_the_file_name_on_every_line(tmp_path: Path) -> None:
     path = tmp_path / "site.toml"
     path.write_text(
-        '[gateway]\nsite = "x"\ndefault_escalation = "none"\ntimezone = "Nowhere/Land"\n',
+        '[gateway]\nsite = "x"\ndefault_escalation = "none"\ntimezone = "Nowhere/Land"\n'
+        '[notify]\ndriver = "console"\n',
         encoding="utf-8",
     )
     with pytest.raises(ConfigError) as info:
@@ -587,6 +606,7 @@ def test_bad_hhmm(value: object, why: str) -> None:
 def test_native_toml_times_and_dates_are_accepted() -> None:
     text = (
         "[gateway]\nsite = 'x'\ndefault_escalation = 'c'\n"
+        "[notify]\ndriver = 'console'\n"
         "[[escalation_chains]]\nid = 'c'\nsteps = [{ notify = ['supervisor'], via = ['sms'] }]\n"
         "[[locations]]\nid = 'l'\nname = 'L'\nkind = 'lab'\nescalation = 'c'\n"
         "after_hours = { start = 17:00:00, end = 07:00:00 }\n"
@@ -718,7 +738,8 @@ def test_bad_ids_and_twilio_section() -> None:
     assert found == [
         f"{SRC}: people[nils hansen].id: is not a valid id "
         "(letters, digits and . _ : -, starting with a letter or digit)",
-        f"{SRC}: twilio: section [twilio] is required when notify.driver = 'twilio'",
+        f"{SRC}: twilio: section [twilio] is required: [notify] driver is 'twilio' unless "
+        "driver = 'console' is set (console only prints; nobody is paged)",
     ]
     doc = base()
     doc["twilio"] = {"account_sid": "XX123", "auth_token": "", "from_number": "+4740000000"}

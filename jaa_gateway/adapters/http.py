@@ -48,6 +48,8 @@ class Health:
     mqtt_connected: Callable[[], bool]
     loop_lag: Callable[[], float]
     extra: Callable[[], list[str]] = lambda: []
+    # not failures, but what an operator must know (e.g. the console notifier pages nobody)
+    warnings: Callable[[], list[str]] = lambda: []
 
 
 def _error(status: int, code: str, detail: str) -> web.Response:
@@ -182,6 +184,8 @@ class HttpApi:
             {
                 "status": "fail" if problems else "ok",
                 "problems": problems,
+                "warnings": self.health.warnings(),
+                "notify_driver": self.cfg.notify.driver,
                 "loop_lag_s": round(lag, 4),
             },
             status=status,

@@ -381,10 +381,14 @@ _DEGRADED: Final[dict[str, dict[str, str]]] = {
     "nb": {
         "notifications_failing": "SMS og oppringinger feiler",
         "database_unwritable": "databasen kan ikke skrives til",
+        "task_failed": "en del av gatewayen feilet og ble startet på nytt",
+        "deadline_failed": "en alarm- eller øktfrist feiler gang på gang",
     },
     "en": {
         "notifications_failing": "SMS and calls are failing",
         "database_unwritable": "the database cannot be written",
+        "task_failed": "a part of the gateway failed and was restarted",
+        "deadline_failed": "an alarm or session deadline keeps failing",
     },
 }
 
