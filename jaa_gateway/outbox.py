@@ -4,7 +4,11 @@ for a bounded time. Delivery is at-least-once: for an alarm, a duplicate beats a
 
 Sending runs beside the engine, never inside it: the escalation timetable never waits on a slow
 or failing provider. Calls to one number are paced (caller-ID spam flagging): a held-back call
-is placed as soon as the pace allows and speaks every alarm still open for that person.
+is placed as soon as the pace allows and reads the alarms that waited longest (jaa_gateway.calls
+picks them); pressing 1 acknowledges exactly those, and the others wait for the next call.
+
+One row never stops the others: a row whose handling raises (a transport bug, a call that cannot
+be built) is retried with backoff and, after `POISON_TRIES` such tries, marked failed and audited.
 """
 
 from __future__ import annotations
@@ -15,18 +19,17 @@ import random
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 import structlog
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, exists, func, not_, or_, select, update
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from jaa_gateway.aio import wait_event
+from jaa_gateway.calls import call_document, plan_call
 from jaa_gateway.config import Config
-from jaa_gateway.domain import texts
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.notify.base import Notifier, SendResult, TransportError
 from jaa_gateway.notify.retry import backoff_delay
-from jaa_gateway.notify.twiml import call_twiml
 from jaa_gateway.store import queries as q
 from jaa_gateway.store.db import Conn, Store
 from jaa_gateway.store.schema import alarms, notifications
@@ -39,12 +42,23 @@ MAX_IN_FLIGHT = 32
 # while the database refuses to record an outcome (full, read-only), try again this often
 RECORD_RETRY_MIN = 0.5
 RECORD_RETRY_MAX = 5.0
+# a row whose handling raises (not a provider's answer: a bug, a text that cannot be sent) is
+# tried this often, then marked failed and audited
+POISON_TRIES = 3
 
 # a step notification may only start while its alarm is still escalating (the ack race)
 _ALARM_STILL_ESCALATING = or_(
     notifications.c.purpose != "alarm",
     exists().where(and_(alarms.c.id == notifications.c.alarm, alarms.c.state == "escalating")),
 )
+
+
+class _Crashed(TransportError):
+    """The handling of a row raised something no transport promises: a bug, or a row that can
+    never be sent. Retried like a transient failure, but only `POISON_TRIES` times."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"{type(exc).__name__}: {exc}", permanent=False)
 
 
 class Outbox:
@@ -166,16 +180,24 @@ class Outbox:
         for r in rows:
             if r["id"] in self._in_flight:
                 continue
-            if r["channel"] == "call":
-                if r["phone"] in calls_seen:
-                    continue
-                calls_seen.add(r["phone"])
-                await self._maybe_call(tg, r["phone"], now)
-            else:
-                claimed = await self._claim([r["id"]])
-                if claimed:
-                    self._in_flight.add(r["id"])
-                    tg.create_task(self._send_sms(r), name=f"sms-{r['id']}")
+            try:
+                if r["channel"] == "call":
+                    if r["phone"] in calls_seen:
+                        continue
+                    calls_seen.add(r["phone"])
+                    await self._maybe_call(tg, r["phone"], now)
+                else:
+                    claimed = await self._claim([r["id"]])
+                    if claimed:
+                        self._in_flight.add(r["id"])
+                        tg.create_task(self._send_sms(r), name=f"sms-{r['id']}")
+            except SQLAlchemyError:
+                raise  # the database, not this row: the whole pass tries again
+            except Exception as exc:
+                # this row (the oldest of its number's calls) is the one that cannot pass: it
+                # gets a strike and the pass goes on with the rows behind it
+                log.exception("outbox_row_failed", notification=r["id"], channel=r["channel"])
+                await self._strike([r], exc)
 
     async def _claim(self, ids: list[int]) -> list[int]:
         """Compare-and-set pending -> sending; drop rows whose alarm stopped escalating."""
@@ -227,13 +249,32 @@ class Outbox:
                     .values(next_attempt_at=ok_at)
                 )
                 return
-        claimed = set(await self._claim([r["id"] for r in rows]))
-        group = [r for r in rows if r["id"] in claimed]
+            # calls for alarms no longer escalating are not read, nor counted as "more"
+            await conn.execute(
+                update(notifications)
+                .where(
+                    and_(
+                        notifications.c.state == "pending",
+                        notifications.c.channel == "call",
+                        notifications.c.phone == phone,
+                        not_(_ALARM_STILL_ESCALATING),
+                    )
+                )
+                .values(state="cancelled", error="alarm no longer escalating")
+            )
+        rows = [r for r in rows if r["id"] not in self._in_flight]
+        plan = plan_call(rows, self.cfg.gateway.language, self.cfg.http.public_url)
+        for r, why in plan.bad:
+            log.error("call_unspeakable", notification=r["id"], alarm=r["alarm"], error=why)
+            await self._strike([r], ValueError(why))
+        # only the alarms the call reads are claimed: the others stay pending for the next call
+        claimed = set(await self._claim([r["id"] for r in plan.rows]))
+        group = [r for r in plan.rows if r["id"] in claimed]
         if not group:
             return
         self._call_ok_at[phone] = now + self.cfg.notify.call_spacing.total_seconds()
         self._in_flight.update(claimed)
-        tg.create_task(self._send_call(phone, group), name=f"call-{group[0]['id']}")
+        tg.create_task(self._send_call(phone, group, plan.more), name=f"call-{group[0]['id']}")
 
     async def _send_sms(self, row: dict[str, Any]) -> None:
         async with self._sem:
@@ -248,38 +289,29 @@ class Outbox:
                 ),
             )
 
-    async def _send_call(self, phone: str, group: list[dict[str, Any]]) -> None:
+    async def _send_call(self, phone: str, group: list[dict[str, Any]], more: int) -> None:
         async with self._sem:
             group, dropped = self._split_stopped(group)
             if dropped:
                 await self._drop(dropped, "call")
             if group:
-                await self._place_call(phone, group)
+                await self._place_call(phone, group, more)
 
-    async def _place_call(self, phone: str, group: list[dict[str, Any]]) -> None:
-        lang = self.cfg.gateway.language
-        spoken: list[str] = []
-        alarm_ids: list[str] = []
-        for r in group:
-            if r["body"] not in spoken:
-                spoken.append(r["body"])
-            if r["alarm"] and r["alarm"] not in alarm_ids:
-                alarm_ids.append(r["alarm"])
-        first = quote(alarm_ids[0] if alarm_ids else "none")
-        action = f"{self.cfg.http.public_url}/twilio/voice/{first}"
-        if len(alarm_ids) > 1:
-            action += "?also=" + ",".join(quote(a) for a in alarm_ids[1:])
-        try:
-            twiml = call_twiml(spoken, texts.VOICE_LANG[lang], action)
-        except ValueError:
-            # too many alarms for one call's TwiML: speak the first one rather than
-            # nothing; the SMS carry every alarm anyway
-            twiml = call_twiml(spoken[:1], texts.VOICE_LANG[lang], action)
-        await self._attempt(
-            group,
-            "call",
-            lambda: self.notifier.place_call(phone, twiml, status_callback=self.status_url),
-        )
+    async def _place_call(self, phone: str, group: list[dict[str, Any]], more: int) -> None:
+        async def send() -> SendResult:
+            # built here, so that a document that cannot be built counts as a failed attempt
+            # of these rows (bounded by POISON_TRIES) and never escapes into the task group
+            twiml = call_document(group, more, self.cfg.gateway.language, self.cfg.http.public_url)
+            return await self.notifier.place_call(phone, twiml, status_callback=self.status_url)
+
+        await self._attempt(group, "call", send)
+
+    async def _strike(self, rows: list[dict[str, Any]], exc: BaseException) -> None:
+        """A pending row whose handling raised before any send: count the try, back off, and
+        after POISON_TRIES mark it failed (audited like any failed notification)."""
+        for r in rows:
+            channel = str(r["channel"])
+            await self._record_until_stored([r], channel, None, _Crashed(exc), unclaimed=True)
 
     async def _drop(self, rows: list[dict[str, Any]], channel: str) -> None:
         """Step rows whose alarm was acknowledged after their claim: never started."""
@@ -298,9 +330,9 @@ class Outbox:
             result = await send()
         except TransportError as exc:
             error = exc
-        except Exception as exc:  # a transport bug must not lose the notification
+        except Exception as exc:  # a transport bug must not lose the notification (nor loop)
             log.exception("transport_crashed", channel=channel)
-            error = TransportError(f"{type(exc).__name__}: {exc}", permanent=False)
+            error = _Crashed(exc)
         finally:
             self.metrics.notify_latency.labels(channel=channel).observe(
                 asyncio.get_running_loop().time() - t0
@@ -318,19 +350,35 @@ class Outbox:
         result: SendResult | None,
         error: TransportError | None,
         dropped: bool = False,
+        unclaimed: bool = False,
     ) -> None:
         """Record the outcome, retrying while the database refuses it.
 
         A send task must not raise: its exception would end the outbox's task group, and with
         it every later notification, while the daemon looked healthy. Meanwhile the rows stay
         claimed ('sending'), so no other pass sends them again; a restart requeues them.
+        A failure that is not the database refusing (a row it cannot store) is tried
+        POISON_TRIES times; then each row is recorded on its own, and a row that still cannot
+        be is marked failed with a plain message.
         """
         delay = RECORD_RETRY_MIN
+        tries = 0
         while True:
             try:
-                await self._record(rows, channel, result, error, dropped)
+                await self._record(rows, channel, result, error, dropped, unclaimed)
                 return
             except Exception as exc:
+                if not isinstance(exc, OperationalError):
+                    tries += 1
+                if tries >= POISON_TRIES:
+                    if len(rows) > 1:
+                        for r in rows:
+                            await self._record_until_stored(
+                                [r], channel, result, error, dropped, unclaimed
+                            )
+                        return
+                    if await self._record_unrecordable(rows[0], channel, exc):
+                        return
                 log.error(
                     "outbox_record_failed",
                     channel=channel,
@@ -343,6 +391,36 @@ class Outbox:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECORD_RETRY_MAX)
 
+    async def _record_unrecordable(
+        self, r: dict[str, Any], channel: str, exc: BaseException
+    ) -> bool:
+        """The row's outcome cannot be stored: mark it failed with nothing from the attempt in
+        it (never left 'sending' to be sent again after every restart). False if even that fails."""
+        message = f"the outcome could not be recorded: {type(exc).__name__}"
+        try:
+            async with self.store.tx() as conn:
+                now = self.clock().timestamp()
+                await conn.execute(
+                    update(notifications)
+                    .where(notifications.c.id == r["id"])
+                    .values(state="failed", error=message)
+                )
+                await q.add_audit(
+                    conn,
+                    now,
+                    "notification_failed",
+                    alarm=r["alarm"],
+                    channel=channel,
+                    notification=r["id"],
+                    error=message,
+                    poison=True,
+                )
+        except Exception:
+            log.exception("outbox_record_failed_twice", notification=r["id"])
+            return False
+        self.metrics.notifications.labels(channel=channel, outcome="failed").inc()
+        return True
+
     async def _record(
         self,
         rows: list[dict[str, Any]],
@@ -350,14 +428,19 @@ class Outbox:
         result: SendResult | None,
         error: TransportError | None,
         dropped: bool = False,
+        unclaimed: bool = False,
     ) -> None:
         now = self.clock().timestamp()
+        failed = 0
         async with self.store.tx() as conn:
             for r in rows:
                 values, event, detail = self._outcome(r, now, result, error, dropped)
-                await conn.execute(
-                    update(notifications).where(notifications.c.id == r["id"]).values(**values)
-                )
+                failed += event == "notification_failed"
+                where = notifications.c.id == r["id"]
+                if unclaimed:  # a strike on a pending row: it counts as a try
+                    values["attempts"] = int(r["attempts"]) + 1
+                    where = and_(where, notifications.c.state == "pending")
+                await conn.execute(update(notifications).where(where).values(**values))
                 await q.add_audit(
                     conn,
                     now,
@@ -390,8 +473,12 @@ class Outbox:
             self.last_failure = now
             if self.failing_since is None:
                 self.failing_since = now
-            outcome = "failed" if error.permanent else "retry"
-            self.metrics.notifications.labels(channel=channel, outcome=outcome).inc(len(rows))
+            if failed:
+                self.metrics.notifications.labels(channel=channel, outcome="failed").inc(failed)
+            if len(rows) > failed:
+                self.metrics.notifications.labels(channel=channel, outcome="retry").inc(
+                    len(rows) - failed
+                )
             log.error(
                 "notification_failed",
                 channel=channel,
@@ -434,6 +521,13 @@ class Outbox:
             "attempts": attempts,
         }
         retry_for = self.cfg.notify.retry_for.total_seconds()
+        if isinstance(error, _Crashed) and attempts >= POISON_TRIES:
+            # this row, not the provider: never retried forever
+            return (
+                {"state": "failed", "error": message},
+                "notification_failed",
+                detail | {"permanent": False, "poison": True},
+            )
         if error.permanent or now - float(r["created_at"]) >= retry_for:
             return (
                 {"state": "failed", "error": message},
