@@ -29,9 +29,9 @@ from jaa_gateway.calls import call_document, plan_call
 from jaa_gateway.config import Config
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.notify.base import Notifier, SendResult, TransportError
-from jaa_gateway.notify.retry import backoff_delay
+from jaa_gateway.outcomes import POISON_TRIES, Crashed, due_rows, mark_unrecordable, outcome
 from jaa_gateway.store import queries as q
-from jaa_gateway.store.db import Conn, Store
+from jaa_gateway.store.db import Store
 from jaa_gateway.store.schema import alarms, notifications
 from jaa_gateway.timeutil import utcnow
 
@@ -42,23 +42,12 @@ MAX_IN_FLIGHT = 32
 # while the database refuses to record an outcome (full, read-only), try again this often
 RECORD_RETRY_MIN = 0.5
 RECORD_RETRY_MAX = 5.0
-# a row whose handling raises (not a provider's answer: a bug, a text that cannot be sent) is
-# tried this often, then marked failed and audited
-POISON_TRIES = 3
 
 # a step notification may only start while its alarm is still escalating (the ack race)
 _ALARM_STILL_ESCALATING = or_(
     notifications.c.purpose != "alarm",
     exists().where(and_(alarms.c.id == notifications.c.alarm, alarms.c.state == "escalating")),
 )
-
-
-class _Crashed(TransportError):
-    """The handling of a row raised something no transport promises: a bug, or a row that can
-    never be sent. Retried like a transient failure, but only `POISON_TRIES` times."""
-
-    def __init__(self, exc: BaseException) -> None:
-        super().__init__(f"{type(exc).__name__}: {exc}", permanent=False)
 
 
 class Outbox:
@@ -175,7 +164,7 @@ class Outbox:
     async def _pass(self, tg: asyncio.TaskGroup) -> None:
         now = self.clock().timestamp()
         async with self.store.tx() as conn:
-            rows = await _due_rows(conn, now, limit=BATCH)
+            rows = await due_rows(conn, now, limit=BATCH)
         calls_seen: set[str] = set()
         for r in rows:
             if r["id"] in self._in_flight:
@@ -228,7 +217,7 @@ class Outbox:
     async def _maybe_call(self, tg: asyncio.TaskGroup, phone: str, now: float) -> None:
         ok_at = self._call_ok_at.get(phone, 0.0)
         async with self.store.tx() as conn:
-            rows = await _due_rows(
+            rows = await due_rows(
                 conn,
                 now,
                 notifications.c.channel == "call",
@@ -311,7 +300,7 @@ class Outbox:
         after POISON_TRIES mark it failed (audited like any failed notification)."""
         for r in rows:
             channel = str(r["channel"])
-            await self._record_until_stored([r], channel, None, _Crashed(exc), unclaimed=True)
+            await self._record_until_stored([r], channel, None, Crashed(exc), unclaimed=True)
 
     async def _drop(self, rows: list[dict[str, Any]], channel: str) -> None:
         """Step rows whose alarm was acknowledged after their claim: never started."""
@@ -332,7 +321,7 @@ class Outbox:
             error = exc
         except Exception as exc:  # a transport bug must not lose the notification (nor loop)
             log.exception("transport_crashed", channel=channel)
-            error = _Crashed(exc)
+            error = Crashed(exc)
         finally:
             self.metrics.notify_latency.labels(channel=channel).observe(
                 asyncio.get_running_loop().time() - t0
@@ -377,7 +366,8 @@ class Outbox:
                                 [r], channel, result, error, dropped, unclaimed
                             )
                         return
-                    if await self._record_unrecordable(rows[0], channel, exc):
+                    if await mark_unrecordable(self.store, rows[0], channel, exc, now=self.clock):
+                        self.metrics.notifications.labels(channel=channel, outcome="failed").inc()
                         return
                 log.error(
                     "outbox_record_failed",
@@ -391,36 +381,6 @@ class Outbox:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECORD_RETRY_MAX)
 
-    async def _record_unrecordable(
-        self, r: dict[str, Any], channel: str, exc: BaseException
-    ) -> bool:
-        """The row's outcome cannot be stored: mark it failed with nothing from the attempt in
-        it (never left 'sending' to be sent again after every restart). False if even that fails."""
-        message = f"the outcome could not be recorded: {type(exc).__name__}"
-        try:
-            async with self.store.tx() as conn:
-                now = self.clock().timestamp()
-                await conn.execute(
-                    update(notifications)
-                    .where(notifications.c.id == r["id"])
-                    .values(state="failed", error=message)
-                )
-                await q.add_audit(
-                    conn,
-                    now,
-                    "notification_failed",
-                    alarm=r["alarm"],
-                    channel=channel,
-                    notification=r["id"],
-                    error=message,
-                    poison=True,
-                )
-        except Exception:
-            log.exception("outbox_record_failed_twice", notification=r["id"])
-            return False
-        self.metrics.notifications.labels(channel=channel, outcome="failed").inc()
-        return True
-
     async def _record(
         self,
         rows: list[dict[str, Any]],
@@ -431,10 +391,13 @@ class Outbox:
         unclaimed: bool = False,
     ) -> None:
         now = self.clock().timestamp()
+        retry_for = self.cfg.notify.retry_for.total_seconds()
         failed = 0
         async with self.store.tx() as conn:
             for r in rows:
-                values, event, detail = self._outcome(r, now, result, error, dropped)
+                values, event, detail = outcome(
+                    r, now, result, error, dropped, retry_for=retry_for, rand=self.rand
+                )
                 failed += event == "notification_failed"
                 where = notifications.c.id == r["id"]
                 if unclaimed:  # a strike on a pending row: it counts as a try
@@ -489,55 +452,6 @@ class Outbox:
                 code=error.code,
             )
 
-    def _outcome(
-        self,
-        r: dict[str, Any],
-        now: float,
-        result: SendResult | None,
-        error: TransportError | None,
-        dropped: bool,
-    ) -> tuple[dict[str, Any], str, dict[str, Any]]:
-        """What one attempt means for its row: (column values, audit event, audit detail)."""
-        attempts = int(r["attempts"]) + 1
-        if dropped:
-            why = "acknowledged before sending"
-            return {"state": "cancelled", "error": why}, "notification_dropped", {"why": why}
-        if result is not None:
-            values = {
-                "state": "sent",
-                "sid": result.sid,
-                "sent_at": now,
-                # a status callback may have come first: keep the newer status
-                "delivery_status": func.coalesce(notifications.c.delivery_status, result.status),
-                "error": None,
-            }
-            return values, "notification_sent", {"sid": result.sid, "attempts": attempts}
-        assert error is not None
-        message = error.message[:500]
-        detail: dict[str, Any] = {
-            "error": message,
-            "status": error.status,
-            "code": error.code,
-            "attempts": attempts,
-        }
-        retry_for = self.cfg.notify.retry_for.total_seconds()
-        if isinstance(error, _Crashed) and attempts >= POISON_TRIES:
-            # this row, not the provider: never retried forever
-            return (
-                {"state": "failed", "error": message},
-                "notification_failed",
-                detail | {"permanent": False, "poison": True},
-            )
-        if error.permanent or now - float(r["created_at"]) >= retry_for:
-            return (
-                {"state": "failed", "error": message},
-                "notification_failed",
-                detail | {"permanent": error.permanent},
-            )
-        delay = backoff_delay(attempts, rand=self.rand)
-        values = {"state": "pending", "next_attempt_at": now + delay, "error": message}
-        return values, "notification_retry", detail | {"retry_in_s": round(delay, 3)}
-
     async def pending_count(self) -> int:
         async with self.store.tx() as conn:
             n = (
@@ -548,23 +462,3 @@ class Outbox:
                 )
             ).scalar_one()
         return int(n)
-
-
-async def _due_rows(
-    conn: Conn, now: float, *conditions: Any, limit: int | None = None
-) -> list[dict[str, Any]]:
-    """Pending notifications due by `now` (and matching `conditions`), oldest first."""
-    query = (
-        select(notifications)
-        .where(
-            and_(
-                notifications.c.state == "pending",
-                notifications.c.next_attempt_at <= now,
-                *conditions,
-            )
-        )
-        .order_by(notifications.c.id)
-    )
-    if limit is not None:
-        query = query.limit(limit)
-    return [dict(r) for r in (await conn.execute(query)).mappings()]

@@ -22,7 +22,8 @@ from jaa_gateway import outbox as outbox_mod
 from jaa_gateway.config import parse_config
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.notify.base import SendResult
-from jaa_gateway.outbox import POISON_TRIES, Outbox
+from jaa_gateway.outbox import Outbox
+from jaa_gateway.outcomes import POISON_TRIES
 from jaa_gateway.store.db import Store
 from jaa_gateway.store.schema import alarms, audit, notifications
 from tests.support.gateway import site_config
