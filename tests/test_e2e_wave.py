@@ -134,10 +134,14 @@ async def test_a_wave_of_200_sos_is_sent_in_full_and_the_gateway_stays_up(
     ):
         assert proc.proc is not None
         t0 = time.monotonic()
-        for i in range(1, WAVE + 1):
-            await p.publish(event_topic(f"dev-{i:03d}"), {"id": new_id("sos"), "type": "sos"})
-            if i % 20 == 0:
-                await asyncio.sleep(0.15)  # in bursts, spread over ~2 s
+        for burst in range(0, WAVE, 50):  # in bursts: the premise is "within 4 s", not a rate
+            await asyncio.gather(
+                *(
+                    p.publish(event_topic(f"dev-{i:03d}"), {"id": new_id("sos"), "type": "sos"})
+                    for i in range(burst + 1, burst + 51)
+                )
+            )
+            await asyncio.sleep(0.3)
         published = time.monotonic() - t0
         assert published < 4.0, f"the wave took {published:.1f} s to publish"
 
