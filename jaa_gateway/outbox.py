@@ -4,7 +4,11 @@ for a bounded time. Delivery is at-least-once: for an alarm, a duplicate beats a
 
 Sending runs beside the engine, never inside it: the escalation timetable never waits on a slow
 or failing provider. Calls to one number are paced (caller-ID spam flagging): a held-back call
-is placed as soon as the pace allows and speaks every alarm still open for that person.
+is placed as soon as the pace allows and reads the alarms that waited longest (jaa_gateway.calls
+picks them); pressing 1 acknowledges exactly those, and the others wait for the next call.
+
+One row never stops the others: a row whose handling raises (a transport bug, a call that cannot
+be built) is retried with backoff and, after `POISON_TRIES` such tries, marked failed and audited.
 """
 
 from __future__ import annotations
@@ -15,20 +19,19 @@ import random
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 import structlog
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, exists, func, not_, or_, select, update
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from jaa_gateway.aio import wait_event
+from jaa_gateway.calls import call_document, plan_call
 from jaa_gateway.config import Config
-from jaa_gateway.domain import texts
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.notify.base import Notifier, SendResult, TransportError
-from jaa_gateway.notify.retry import backoff_delay
-from jaa_gateway.notify.twiml import call_twiml
+from jaa_gateway.outcomes import POISON_TRIES, Crashed, due_rows, mark_unrecordable, outcome
 from jaa_gateway.store import queries as q
-from jaa_gateway.store.db import Conn, Store
+from jaa_gateway.store.db import Store
 from jaa_gateway.store.schema import alarms, notifications
 from jaa_gateway.timeutil import utcnow
 
@@ -161,21 +164,29 @@ class Outbox:
     async def _pass(self, tg: asyncio.TaskGroup) -> None:
         now = self.clock().timestamp()
         async with self.store.tx() as conn:
-            rows = await _due_rows(conn, now, limit=BATCH)
+            rows = await due_rows(conn, now, limit=BATCH)
         calls_seen: set[str] = set()
         for r in rows:
             if r["id"] in self._in_flight:
                 continue
-            if r["channel"] == "call":
-                if r["phone"] in calls_seen:
-                    continue
-                calls_seen.add(r["phone"])
-                await self._maybe_call(tg, r["phone"], now)
-            else:
-                claimed = await self._claim([r["id"]])
-                if claimed:
-                    self._in_flight.add(r["id"])
-                    tg.create_task(self._send_sms(r), name=f"sms-{r['id']}")
+            try:
+                if r["channel"] == "call":
+                    if r["phone"] in calls_seen:
+                        continue
+                    calls_seen.add(r["phone"])
+                    await self._maybe_call(tg, r["phone"], now)
+                else:
+                    claimed = await self._claim([r["id"]])
+                    if claimed:
+                        self._in_flight.add(r["id"])
+                        tg.create_task(self._send_sms(r), name=f"sms-{r['id']}")
+            except SQLAlchemyError:
+                raise  # the database, not this row: the whole pass tries again
+            except Exception as exc:
+                # this row (the oldest of its number's calls) is the one that cannot pass: it
+                # gets a strike and the pass goes on with the rows behind it
+                log.exception("outbox_row_failed", notification=r["id"], channel=r["channel"])
+                await self._strike([r], exc)
 
     async def _claim(self, ids: list[int]) -> list[int]:
         """Compare-and-set pending -> sending; drop rows whose alarm stopped escalating."""
@@ -206,7 +217,7 @@ class Outbox:
     async def _maybe_call(self, tg: asyncio.TaskGroup, phone: str, now: float) -> None:
         ok_at = self._call_ok_at.get(phone, 0.0)
         async with self.store.tx() as conn:
-            rows = await _due_rows(
+            rows = await due_rows(
                 conn,
                 now,
                 notifications.c.channel == "call",
@@ -227,13 +238,32 @@ class Outbox:
                     .values(next_attempt_at=ok_at)
                 )
                 return
-        claimed = set(await self._claim([r["id"] for r in rows]))
-        group = [r for r in rows if r["id"] in claimed]
+            # calls for alarms no longer escalating are not read, nor counted as "more"
+            await conn.execute(
+                update(notifications)
+                .where(
+                    and_(
+                        notifications.c.state == "pending",
+                        notifications.c.channel == "call",
+                        notifications.c.phone == phone,
+                        not_(_ALARM_STILL_ESCALATING),
+                    )
+                )
+                .values(state="cancelled", error="alarm no longer escalating")
+            )
+        rows = [r for r in rows if r["id"] not in self._in_flight]
+        plan = plan_call(rows, self.cfg.gateway.language, self.cfg.http.public_url)
+        for r, why in plan.bad:
+            log.error("call_unspeakable", notification=r["id"], alarm=r["alarm"], error=why)
+            await self._strike([r], ValueError(why))
+        # only the alarms the call reads are claimed: the others stay pending for the next call
+        claimed = set(await self._claim([r["id"] for r in plan.rows]))
+        group = [r for r in plan.rows if r["id"] in claimed]
         if not group:
             return
         self._call_ok_at[phone] = now + self.cfg.notify.call_spacing.total_seconds()
         self._in_flight.update(claimed)
-        tg.create_task(self._send_call(phone, group), name=f"call-{group[0]['id']}")
+        tg.create_task(self._send_call(phone, group, plan.more), name=f"call-{group[0]['id']}")
 
     async def _send_sms(self, row: dict[str, Any]) -> None:
         async with self._sem:
@@ -248,38 +278,29 @@ class Outbox:
                 ),
             )
 
-    async def _send_call(self, phone: str, group: list[dict[str, Any]]) -> None:
+    async def _send_call(self, phone: str, group: list[dict[str, Any]], more: int) -> None:
         async with self._sem:
             group, dropped = self._split_stopped(group)
             if dropped:
                 await self._drop(dropped, "call")
             if group:
-                await self._place_call(phone, group)
+                await self._place_call(phone, group, more)
 
-    async def _place_call(self, phone: str, group: list[dict[str, Any]]) -> None:
-        lang = self.cfg.gateway.language
-        spoken: list[str] = []
-        alarm_ids: list[str] = []
-        for r in group:
-            if r["body"] not in spoken:
-                spoken.append(r["body"])
-            if r["alarm"] and r["alarm"] not in alarm_ids:
-                alarm_ids.append(r["alarm"])
-        first = quote(alarm_ids[0] if alarm_ids else "none")
-        action = f"{self.cfg.http.public_url}/twilio/voice/{first}"
-        if len(alarm_ids) > 1:
-            action += "?also=" + ",".join(quote(a) for a in alarm_ids[1:])
-        try:
-            twiml = call_twiml(spoken, texts.VOICE_LANG[lang], action)
-        except ValueError:
-            # too many alarms for one call's TwiML: speak the first one rather than
-            # nothing; the SMS carry every alarm anyway
-            twiml = call_twiml(spoken[:1], texts.VOICE_LANG[lang], action)
-        await self._attempt(
-            group,
-            "call",
-            lambda: self.notifier.place_call(phone, twiml, status_callback=self.status_url),
-        )
+    async def _place_call(self, phone: str, group: list[dict[str, Any]], more: int) -> None:
+        async def send() -> SendResult:
+            # built here, so that a document that cannot be built counts as a failed attempt
+            # of these rows (bounded by POISON_TRIES) and never escapes into the task group
+            twiml = call_document(group, more, self.cfg.gateway.language, self.cfg.http.public_url)
+            return await self.notifier.place_call(phone, twiml, status_callback=self.status_url)
+
+        await self._attempt(group, "call", send)
+
+    async def _strike(self, rows: list[dict[str, Any]], exc: BaseException) -> None:
+        """A pending row whose handling raised before any send: count the try, back off, and
+        after POISON_TRIES mark it failed (audited like any failed notification)."""
+        for r in rows:
+            channel = str(r["channel"])
+            await self._record_until_stored([r], channel, None, Crashed(exc), unclaimed=True)
 
     async def _drop(self, rows: list[dict[str, Any]], channel: str) -> None:
         """Step rows whose alarm was acknowledged after their claim: never started."""
@@ -298,9 +319,9 @@ class Outbox:
             result = await send()
         except TransportError as exc:
             error = exc
-        except Exception as exc:  # a transport bug must not lose the notification
+        except Exception as exc:  # a transport bug must not lose the notification (nor loop)
             log.exception("transport_crashed", channel=channel)
-            error = TransportError(f"{type(exc).__name__}: {exc}", permanent=False)
+            error = Crashed(exc)
         finally:
             self.metrics.notify_latency.labels(channel=channel).observe(
                 asyncio.get_running_loop().time() - t0
@@ -318,19 +339,36 @@ class Outbox:
         result: SendResult | None,
         error: TransportError | None,
         dropped: bool = False,
+        unclaimed: bool = False,
     ) -> None:
         """Record the outcome, retrying while the database refuses it.
 
         A send task must not raise: its exception would end the outbox's task group, and with
         it every later notification, while the daemon looked healthy. Meanwhile the rows stay
         claimed ('sending'), so no other pass sends them again; a restart requeues them.
+        A failure that is not the database refusing (a row it cannot store) is tried
+        POISON_TRIES times; then each row is recorded on its own, and a row that still cannot
+        be is marked failed with a plain message.
         """
         delay = RECORD_RETRY_MIN
+        tries = 0
         while True:
             try:
-                await self._record(rows, channel, result, error, dropped)
+                await self._record(rows, channel, result, error, dropped, unclaimed)
                 return
             except Exception as exc:
+                if not isinstance(exc, OperationalError):
+                    tries += 1
+                if tries >= POISON_TRIES:
+                    if len(rows) > 1:
+                        for r in rows:
+                            await self._record_until_stored(
+                                [r], channel, result, error, dropped, unclaimed
+                            )
+                        return
+                    if await mark_unrecordable(self.store, rows[0], channel, exc, now=self.clock):
+                        self.metrics.notifications.labels(channel=channel, outcome="failed").inc()
+                        return
                 log.error(
                     "outbox_record_failed",
                     channel=channel,
@@ -350,14 +388,22 @@ class Outbox:
         result: SendResult | None,
         error: TransportError | None,
         dropped: bool = False,
+        unclaimed: bool = False,
     ) -> None:
         now = self.clock().timestamp()
+        retry_for = self.cfg.notify.retry_for.total_seconds()
+        failed = 0
         async with self.store.tx() as conn:
             for r in rows:
-                values, event, detail = self._outcome(r, now, result, error, dropped)
-                await conn.execute(
-                    update(notifications).where(notifications.c.id == r["id"]).values(**values)
+                values, event, detail = outcome(
+                    r, now, result, error, dropped, retry_for=retry_for, rand=self.rand
                 )
+                failed += event == "notification_failed"
+                where = notifications.c.id == r["id"]
+                if unclaimed:  # a strike on a pending row: it counts as a try
+                    values["attempts"] = int(r["attempts"]) + 1
+                    where = and_(where, notifications.c.state == "pending")
+                await conn.execute(update(notifications).where(where).values(**values))
                 await q.add_audit(
                     conn,
                     now,
@@ -390,8 +436,12 @@ class Outbox:
             self.last_failure = now
             if self.failing_since is None:
                 self.failing_since = now
-            outcome = "failed" if error.permanent else "retry"
-            self.metrics.notifications.labels(channel=channel, outcome=outcome).inc(len(rows))
+            if failed:
+                self.metrics.notifications.labels(channel=channel, outcome="failed").inc(failed)
+            if len(rows) > failed:
+                self.metrics.notifications.labels(channel=channel, outcome="retry").inc(
+                    len(rows) - failed
+                )
             log.error(
                 "notification_failed",
                 channel=channel,
@@ -401,48 +451,6 @@ class Outbox:
                 status=error.status,
                 code=error.code,
             )
-
-    def _outcome(
-        self,
-        r: dict[str, Any],
-        now: float,
-        result: SendResult | None,
-        error: TransportError | None,
-        dropped: bool,
-    ) -> tuple[dict[str, Any], str, dict[str, Any]]:
-        """What one attempt means for its row: (column values, audit event, audit detail)."""
-        attempts = int(r["attempts"]) + 1
-        if dropped:
-            why = "acknowledged before sending"
-            return {"state": "cancelled", "error": why}, "notification_dropped", {"why": why}
-        if result is not None:
-            values = {
-                "state": "sent",
-                "sid": result.sid,
-                "sent_at": now,
-                # a status callback may have come first: keep the newer status
-                "delivery_status": func.coalesce(notifications.c.delivery_status, result.status),
-                "error": None,
-            }
-            return values, "notification_sent", {"sid": result.sid, "attempts": attempts}
-        assert error is not None
-        message = error.message[:500]
-        detail: dict[str, Any] = {
-            "error": message,
-            "status": error.status,
-            "code": error.code,
-            "attempts": attempts,
-        }
-        retry_for = self.cfg.notify.retry_for.total_seconds()
-        if error.permanent or now - float(r["created_at"]) >= retry_for:
-            return (
-                {"state": "failed", "error": message},
-                "notification_failed",
-                detail | {"permanent": error.permanent},
-            )
-        delay = backoff_delay(attempts, rand=self.rand)
-        values = {"state": "pending", "next_attempt_at": now + delay, "error": message}
-        return values, "notification_retry", detail | {"retry_in_s": round(delay, 3)}
 
     async def reset_after_crash(self) -> None:
         """Before the supervisor restarts a crashed sender: its send tasks died with it, so the
@@ -460,34 +468,3 @@ class Outbox:
             if res.rowcount:
                 log.warning("outbox_requeued_after_crash", count=res.rowcount)
                 await q.add_audit(conn, now, "outbox_requeued", count=res.rowcount, why="crash")
-
-    async def pending_count(self) -> int:
-        async with self.store.tx() as conn:
-            n = (
-                await conn.execute(
-                    select(func.count())
-                    .select_from(notifications)
-                    .where(notifications.c.state == "pending")
-                )
-            ).scalar_one()
-        return int(n)
-
-
-async def _due_rows(
-    conn: Conn, now: float, *conditions: Any, limit: int | None = None
-) -> list[dict[str, Any]]:
-    """Pending notifications due by `now` (and matching `conditions`), oldest first."""
-    query = (
-        select(notifications)
-        .where(
-            and_(
-                notifications.c.state == "pending",
-                notifications.c.next_attempt_at <= now,
-                *conditions,
-            )
-        )
-        .order_by(notifications.c.id)
-    )
-    if limit is not None:
-        query = query.limit(limit)
-    return [dict(r) for r in (await conn.execute(query)).mappings()]

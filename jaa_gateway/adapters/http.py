@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from sqlalchemy import and_, select, update
 from twilio.request_validator import RequestValidator
 
+from jaa_gateway.calls import MAX_SPOKEN
 from jaa_gateway.config import Assessment, check_assessment
 from jaa_gateway.domain import texts
 from jaa_gateway.domain.replies import parse_sms_reply
@@ -493,7 +494,12 @@ class HttpApi:
     async def twilio_voice(self, request: web.Request, params: dict[str, str]) -> web.Response:
         lang = self.cfg.gateway.language
         vlang = texts.VOICE_LANG[lang]
-        also = [x for x in request.query.get("also", "").split(",") if x][:20]
+        # the URL is covered by the signature, so these are the alarms our call read; a call
+        # reads at most MAX_SPOKEN, and more ids than that is no URL this gateway wrote
+        also = [x for x in request.query.get("also", "").split(",") if x]
+        if len(also) > MAX_SPOKEN - 1:
+            log.warning("voice_too_many_alarms", count=len(also) + 1, kept=MAX_SPOKEN)
+            also = also[: MAX_SPOKEN - 1]
         ids = [request.match_info["id"], *also]
         digits = params.get("Digits", "")
         callee = params.get("To", "")

@@ -336,6 +336,20 @@ def ack_confirmation(lang: Lang, code: str, kind: str, worker_name: str | None) 
     )
 
 
+def more_alarms_voice(lang: Lang, more: int) -> str:
+    """Said after the alarms a grouped call reads: the others are in the SMS, and pressing 1
+    in this call does not acknowledge them."""
+    if isinstance(more, bool) or not isinstance(more, int) or more < 1:
+        raise ValueError(f"the number of alarms not read is a positive integer, got {more!r}")
+    if _lang(lang) == "nb":
+        if more == 1:
+            return "I tillegg er det én alarm til. Den står i SMS-ene dine og kvitteres ikke her."
+        return f"I tillegg er det {more} alarmer til. De står i SMS-ene dine og kvitteres ikke her."
+    if more == 1:
+        return "And 1 more alarm: see your SMS. Pressing 1 does not acknowledge it."
+    return f"And {more} more alarms: see your SMS. Pressing 1 does not acknowledge them."
+
+
 def ack_voice_confirmation(lang: Lang) -> str:
     if _lang(lang) == "nb":
         return "Takk. Alarmen er kvittert, og du er registrert som den som rykker ut."
