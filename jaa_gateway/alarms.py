@@ -319,6 +319,29 @@ class AlarmOps:
         self.to_device(tx, s["device"], self.alarm_state_msg(row, tx.now))
         return str(row["id"])
 
+    async def raise_contact_lost(self, tx: Tx) -> str:
+        """A common cause (CONTRACT §4): one contact_lost alarm with no person, location or
+        device, through default_escalation. Its texts say how many sessions are unwatched
+        (`unwatched_now`, asked each time a step goes out)."""
+        row = await self._open(
+            tx,
+            kind="contact_lost",
+            person=None,
+            location=None,
+            session=None,
+            device=None,
+            lat=None,
+            lon=None,
+            chain_id=self.cfg.gateway.default_escalation,
+            prealarm=False,
+        )
+        return str(row["id"])
+
+    def unwatched_now(self, a: dict[str, Any]) -> int | None:
+        """For a contact_lost alarm, how many sessions are unwatched now (the engine's presence
+        service counts them); None for every other kind."""
+        return None
+
     async def raise_notice(self, tx: Tx, kind: str, location_id: str, door_id: str) -> None:
         """A notice: one SMS to the first step's targets; no calls, no acknowledgement."""
         loc = self.cfg.location(location_id)
@@ -412,8 +435,11 @@ class AlarmOps:
         next_k = int(a["next_k"])
         for p in steps:
             step = snap.steps[p.step_index]
-            sms = texts.alarm_sms(lang, a["kind"], worker, where, a["code"], a["lat"], a["lon"])
-            voice = texts.alarm_voice(lang, a["kind"], worker, where)
+            n = self.unwatched_now(a)
+            sms = texts.alarm_sms(
+                lang, a["kind"], worker, where, a["code"], a["lat"], a["lon"], unwatched=n
+            )
+            voice = texts.alarm_voice(lang, a["kind"], worker, where, unwatched=n)
             for t in step.targets:
                 for ch in step.via:
                     await self.enqueue(

@@ -84,7 +84,13 @@ class App:
             asyncio.PriorityQueue(INBOX_SIZE)
         )
         self._seq = itertools.count()
-        self.mqtt = MqttEdge(cfg.mqtt, self.metrics, self._enqueue, on_connect=self._on_connect)
+        self.mqtt = MqttEdge(
+            cfg.mqtt,
+            self.metrics,
+            self._enqueue,
+            on_connect=self._on_connect,
+            on_state=self._on_broker_state,
+        )
         self.engine = Engine(
             cfg,
             self.store,
@@ -133,6 +139,10 @@ class App:
     async def _on_connect(self) -> None:
         await self.selfwatch.republish()
         await self.engine.republish_open_alarms()
+
+    def _on_broker_state(self, connected: bool) -> None:
+        # common cause (CONTRACT §4): while the broker is away nobody is judged silent alone
+        self.engine.presence.broker(connected, self.engine.clock().timestamp())
 
     async def _consume(self) -> None:
         while True:

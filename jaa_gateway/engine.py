@@ -28,6 +28,7 @@ from jaa_gateway.domain import gate, roster, texts
 from jaa_gateway.effects import Publisher, Tx
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.poison import RepeatFailures
+from jaa_gateway.presence import Presence
 from jaa_gateway.store import queries as q
 from jaa_gateway.store.db import Store
 from jaa_gateway.store.schema import assessments, devices, processed_events, sessions
@@ -91,13 +92,18 @@ class Engine(AlarmOps):
         self._last_notice: dict[str, dt.datetime] = {}
         self.assessments: dict[str, Assessment] = {}
         self._assessments_by_person: dict[str, list[Assessment]] = {}
-        # session -> (device, started_at) of every session whose device is watched
-        self._offline_watch: dict[str, tuple[str, float]] = {}
         # committed units: a deadline that keeps failing while these go on is poison
         self.commits = 0
         self._deadline_failures: RepeatFailures[Key] = RepeatFailures()
         # deadlines given up on (key -> why): the self-watch reports them as degraded
         self.abandoned_deadlines: dict[Key, str] = {}
+        # which sessions' devices are watched, and what a lapsed watch means (CONTRACT §4)
+        self.presence = Presence(
+            deadlines,
+            timeout=lambda: self.cfg.timing.device_timeout.total_seconds(),
+            last_seen=lambda d: st.last_seen if (st := self.devices.get(d)) else None,
+            raise_contact_lost=self.raise_contact_lost,
+        )
 
     # ------------------------------------------------------------------ plumbing
 
@@ -164,6 +170,7 @@ class Engine(AlarmOps):
                     lon=r["lon"],
                     position_at=r["position_at"],
                 )
+            self.presence.started(tx.ts)
             for s in await q.active_sessions(tx.conn):
                 self._session_timers(tx, s)
             open_rows = await q.open_alarms(tx.conn)
@@ -759,7 +766,7 @@ class Engine(AlarmOps):
         for kind in ("checkin", "overrun", "offline"):
             tx.set_timer((kind, s["id"]), None)
         sid = s["id"]
-        tx.after_commit.append(lambda: self._offline_watch.pop(sid, None))
+        tx.after_commit.append(lambda: self.presence.unwatch(sid))
         await q.add_audit(
             tx.conn,
             tx.ts,
@@ -804,11 +811,9 @@ class Engine(AlarmOps):
                 ("overrun", sid), s["ends_at"] + self.cfg.timing.overrun_grace.total_seconds()
             )
         if s["device"] and not s["offline_alarmed"]:
-            st = self.devices.get(s["device"])
-            base = max(st.last_seen if st else 0.0, s["started_at"])
-            tx.set_timer(("offline", sid), base + self.cfg.timing.device_timeout.total_seconds())
-            watch = (str(s["device"]), float(s["started_at"]))
-            tx.after_commit.append(lambda: self._offline_watch.__setitem__(sid, watch))
+            dev, started = str(s["device"]), float(s["started_at"])
+            tx.set_timer(("offline", sid), self.presence.due(sid, dev, started))
+            tx.after_commit.append(lambda: self.presence.watch(sid, dev, started))
 
     # ------------------------------------------------------------------ deadlines
 
@@ -821,14 +826,8 @@ class Engine(AlarmOps):
         Every session's watch comes due once per device_timeout even while its device
         heartbeats; thousands of sessions started together would otherwise stall the engine
         with a transaction each, all at once."""
-        if key[0] != "offline" or key[1] not in self._offline_watch:
-            return False
-        device, started = self._offline_watch[key[1]]
-        st = self.devices.get(device)
-        due = max(st.last_seen if st else 0.0, started) + (
-            self.cfg.timing.device_timeout.total_seconds()
-        )
-        if due <= self.clock().timestamp() + 0.001:
+        due = self.presence.watched_due(key[1]) if key[0] == "offline" else None
+        if due is None or due <= self.clock().timestamp() + 0.001:
             return False
         self.deadlines.set(key, due)
         return True
@@ -864,6 +863,9 @@ class Engine(AlarmOps):
         kind, entity = key
         if kind == "alarm":
             await self.alarm_deadline(tx, entity)
+            return
+        if kind == "presence":
+            await self.presence.deadline(tx)
             return
         s = await q.get_session(tx.conn, entity)
         if s is None or not s["active"]:
@@ -922,16 +924,21 @@ class Engine(AlarmOps):
     async def _offline_deadline(self, tx: Tx, s: dict[str, Any]) -> None:
         if not s["device"] or s["offline_alarmed"]:
             return
-        st = self.devices.get(s["device"])
-        timeout = self.cfg.timing.device_timeout.total_seconds()
-        base = max(st.last_seen if st else 0.0, s["started_at"])
-        if base + timeout > tx.ts + 0.001:
-            tx.set_timer(("offline", s["id"]), base + timeout)
+        due = self.presence.due(s["id"], s["device"], s["started_at"])
+        if due > tx.ts + 0.001:
+            tx.set_timer(("offline", s["id"]), due)
+            return
+        if await self.presence.lapsed(tx, s):  # held, or one of a common cause
             return
         await q.update_session(tx.conn, s["id"], offline_alarmed=True)
         sid = s["id"]
-        tx.after_commit.append(lambda: self._offline_watch.pop(sid, None))
+        tx.after_commit.append(lambda: self.presence.unwatch(sid))
         await self.raise_session_alarm(tx, s, "device_offline")
+
+    def unwatched_now(self, a: dict[str, Any]) -> int | None:
+        if a["kind"] != "contact_lost":
+            return None
+        return self.presence.unwatched_now(self.clock().timestamp())
 
     # ------------------------------------------------------------------ doors
 

@@ -119,7 +119,8 @@ class MqttEdge:
     `on_event` gets every accepted inbound event, one at a time, in arrival order; while it
     awaits, no further event is handed over (backpressure). `on_connect` runs after each
     successful (re)connect and subscribe, concurrently with event delivery; it is cancelled
-    if that connection ends first and runs again on the next one.
+    if that connection ends first and runs again on the next one. `on_state` is told every
+    change of `connected` as it happens (synchronously: it must not block).
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class MqttEdge:
         on_event: EventHandler,
         *,
         on_connect: Callable[[], Awaitable[None]] | None = None,
+        on_state: Callable[[bool], None] | None = None,
         clock: Callable[[], dt.datetime] = _utc_now,
         buffer_limit: int = BUFFER_LIMIT,
     ) -> None:
@@ -136,6 +138,7 @@ class MqttEdge:
         self._metrics = metrics
         self._on_event = on_event
         self._on_connect = on_connect
+        self._on_state = on_state
         self._clock = clock
         self._limit = buffer_limit
         self.prefix = section.topic_prefix
@@ -368,7 +371,13 @@ class MqttEdge:
             log.warning("mqtt_stop_unflushed", buffered=self._live, in_flight=len(self._flying))
 
     def _set_connected(self, value: bool) -> None:
+        changed = value != self._connected
         self._connected = value
+        if changed and self._on_state is not None:
+            try:
+                self._on_state(value)
+            except Exception:
+                log.exception("mqtt_on_state_failed")
         self._metrics.mqtt_connected.set(1 if value else 0)
         if not value:
             # Callers waiting on a send return: their message stays parked for the next connect.

@@ -22,6 +22,7 @@ KINDS: Final = (
     "missed_checkin",
     "session_overrun",
     "device_offline",
+    "contact_lost",
     "unattended_entry",
     "gateway_degraded",
 )
@@ -36,6 +37,7 @@ _KIND: Final[dict[str, dict[str, str]]] = {
         "missed_checkin": "Uteblitt innsjekk",
         "session_overrun": "Alenearbeidet er ikke avsluttet i tide",
         "device_offline": "Alarmenheten har mistet forbindelsen",
+        "contact_lost": "Mistet kontakten med alarmenhetene",
         "unattended_entry": "Dør åpnet utenom arbeidstid uten registrert alenearbeid",
         "gateway_degraded": "Alarmsystemet har redusert funksjon",
     },
@@ -45,6 +47,7 @@ _KIND: Final[dict[str, dict[str, str]]] = {
         "missed_checkin": "Missed check-in",
         "session_overrun": "Lone work not ended in time",
         "device_offline": "Alarm device lost contact",
+        "contact_lost": "Lost contact with the alarm devices",
         "unattended_entry": "Door opened after hours with no lone-work session",
         "gateway_degraded": "The alarm system is degraded",
     },
@@ -58,6 +61,7 @@ _KIND_SHORT: Final[dict[str, dict[str, str]]] = {
         "missed_checkin": "alarm for uteblitt innsjekk",
         "session_overrun": "alarm for overskredet tid",
         "device_offline": "alarm for frakoblet alarmenhet",
+        "contact_lost": "alarm for mistet kontakt",
         "unattended_entry": "varsel om dør åpnet",
         "gateway_degraded": "varsel om alarmsystemet",
     },
@@ -67,6 +71,7 @@ _KIND_SHORT: Final[dict[str, dict[str, str]]] = {
         "missed_checkin": "missed check-in alarm",
         "session_overrun": "session overrun alarm",
         "device_offline": "device offline alarm",
+        "contact_lost": "lost contact alarm",
         "unattended_entry": "after-hours door notice",
         "gateway_degraded": "alarm system notice",
     },
@@ -174,6 +179,28 @@ def _worker(lang: str, worker_name: str | None) -> str:
     return "ukjent person" if lang == "nb" else "unknown person"
 
 
+def _unwatched(lang: str, n: int | None) -> str:
+    """How many people working alone are unwatched (a contact_lost alarm), as a sentence."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"a number of unwatched sessions is a count, got {n!r}")
+    if lang == "nb":
+        if n is None:
+            return "Personer som arbeider alene, kan være uten overvåking. Sjekk at de er i orden."
+        if n == 0:
+            return "Kontakten er tilbake nå. Sjekk at de som arbeider alene, er i orden."
+        if n == 1:
+            return (
+                "1 person som arbeider alene, er uten overvåking nå. Sjekk at personen er i orden."
+            )
+        return f"{n} personer som arbeider alene, er uten overvåking nå. Sjekk at de er i orden."
+    if n is None:
+        return "People working alone may be unwatched. Check that they are safe."
+    if n == 0:
+        return "Contact is back now. Check that the people working alone are safe."
+    who = "1 person working alone is" if n == 1 else f"{n} people working alone are"
+    return f"{who} unwatched now. Check that they are safe."
+
+
 def alarm_sms(
     lang: Lang,
     kind: str,
@@ -182,11 +209,21 @@ def alarm_sms(
     code: str,
     lat: float | None,
     lon: float | None,
+    *,
+    unwatched: int | None = None,
 ) -> str:
     """The SMS a guard gets when an alarm escalates: one fact a line, the link on its own line
-    (a full stop after a URL gets swallowed into the link by some phones)."""
+    (a full stop after a URL gets swallowed into the link by some phones).
+
+    `contact_lost` names no worker or place but how many sessions are `unwatched` now."""
     what = _kind(lang, kind)
     code = _code(code)
+    if kind == "contact_lost":
+        if lang == "nb":
+            return (
+                f"JAA-ALARM: {what}\n{_unwatched(lang, unwatched)}\nSvar OK {code} for å kvittere"
+            )
+        return f"JAA ALARM: {what}\n{_unwatched(lang, unwatched)}\nReply OK {code} to acknowledge"
     who = _worker(lang, worker_name)
     name = _name(location_name)
     link = map_link(lat, lon)
@@ -215,9 +252,27 @@ def alarm_sms(
     return "\n".join(lines)
 
 
-def alarm_voice(lang: Lang, kind: str, worker_name: str | None, location_name: str | None) -> str:
+def alarm_voice(
+    lang: Lang,
+    kind: str,
+    worker_name: str | None,
+    location_name: str | None,
+    *,
+    unwatched: int | None = None,
+) -> str:
     """What a call says (spoken in VOICE_LANG[lang]); it ends by asking for the key press."""
     what = _kind(lang, kind, _KIND_SHORT)
+    if kind == "contact_lost":
+        if lang == "nb":
+            return (
+                "Dette er alenearbeidsalarmen. Alarmsystemet har mistet kontakten med "
+                f"alarmenhetene. {_unwatched(lang, unwatched)} "
+                "Trykk 1 for å kvittere at du følger opp."
+            )
+        return (
+            "This is the lone-work alarm. The alarm system has lost contact with the alarm "
+            f"devices. {_unwatched(lang, unwatched)} Press 1 to acknowledge that you follow up."
+        )
     who = _worker(lang, worker_name)
     name = _name(location_name)
     if lang == "nb":
@@ -324,6 +379,16 @@ def ack_confirmation(lang: Lang, code: str, kind: str, worker_name: str | None) 
     """Reply to the guard whose acknowledgement was accepted."""
     code = _code(code)
     what = _kind(lang, kind, _KIND_SHORT)
+    if kind == "contact_lost":  # names nobody: the guard follows up, nobody to rush to
+        if lang == "nb":
+            return (
+                f"Kvittert: {what} {code}. Du er registrert som den som følger opp. "
+                "De andre blir ikke varslet mer."
+            )
+        return (
+            f"Acknowledged: {what} {code}. You are recorded as following up. "
+            "Nobody else will be paged."
+        )
     who = _worker(lang, worker_name)
     if lang == "nb":
         return (
