@@ -2,7 +2,7 @@
 table on stdout and benchmarks/results/latest.json.
 
   --scale tiny      the smoke test's sizes (seconds, no Node-RED)
-  --only a,b        some of: latency, ingest, timers, recovery
+  --only a,b        some of: latency, burst, ingest, timers, recovery
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from benchmarks import scenarios
+from benchmarks import burst, scenarios
 from benchmarks.scenarios import Env, Scale
 from tests.support.twilio_double import TwilioDouble
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
-ALL = ("latency", "ingest", "timers", "recovery")
+ALL = ("latency", "burst", "ingest", "timers", "recovery")
 TARGETS = {
     "alarm_p99_vs_peer": "p99 <= Node-RED p99",
     "ingest": ">= 10,000 events/s",
@@ -49,6 +49,7 @@ async def run(scale: Scale, only: tuple[str, ...], workdir: Path) -> dict[str, A
         out["warm_restart_ready_s"] = round(env.ready_s, 2)
         fns = {
             "latency": scenarios.alarm_latency,
+            "burst": burst.burst,
             "ingest": scenarios.ingest,
             "timers": scenarios.timers,
             "recovery": scenarios.recovery,
@@ -127,6 +128,7 @@ def table(res: dict[str, Any]) -> str:
                     "0",
                 )
             )
+    rows += burst.table_rows(res)
     ing = res.get("ingest") or {}
     if "error" in ing:
         rows.append(("ingest", "ERROR " + ing["error"][:60], "", "", "", ""))
@@ -182,7 +184,7 @@ def table(res: dict[str, Any]) -> str:
                 "",
             )
         )
-    for name in ("latency", "ingest", "timers", "recovery"):
+    for name in ALL:
         part = res.get(name) or {}
         fp = part.get("gateway_footprint")
         if fp:
@@ -207,7 +209,7 @@ def table(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run")
     ap.add_argument("--scale", choices=["full", "tiny"], default="full")
-    ap.add_argument("--only", default=",".join(ALL))
+    ap.add_argument("--only", default=",".join(ALL), help=f"comma-separated, of: {','.join(ALL)}")
     ap.add_argument("--no-peer", action="store_true", help="skip the Node-RED peer")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, stores)")

@@ -73,6 +73,9 @@ class Scale:
     recovery_alarms: int = 100
     recovery_step_s: float = 5.0
     warm_restart: bool = True  # time a second start on the template store
+    burst_alarms: int = 200  # issue 17: sos from as many devices, burst_spacing_s apart
+    burst_spacing_s: float = 0.020
+    burst_heartbeat_rate: float = 1_000.0  # the loaded burst's background
 
     @staticmethod
     def full() -> Scale:
@@ -101,6 +104,8 @@ class Scale:
             recovery_alarms=5,
             recovery_step_s=1.5,
             warm_restart=False,
+            burst_alarms=20,
+            burst_heartbeat_rate=100.0,
         )
 
 

@@ -113,9 +113,12 @@ class Engine(AlarmOps):
 
         MQTT answers go out after the lock is released: waiting for a broker's PUBACK must
         not hold up the next event or deadline. ``wait_publish=False`` does not wait for it at
-        all: deadlines fire one after another, and a broker that hangs without closing the
-        connection would otherwise hold every later timer (alarm steps included) for the
-        edge's operation timeout (CONTRACT §7.2: timers keep running while the broker is away).
+        all (the answers still leave in order through the edge's buffer, and go again after a
+        reconnect): events and deadlines are handled one after another, and waiting would
+        pace them by the broker's round trips. On a quiet broker each wait was ~40 ms (Nagle
+        and the broker's delayed ACK), so a burst of sos 20 ms apart queued up (issue 17); a
+        broker that hangs without closing the connection would hold every later event and
+        timer (alarm steps included) for the edge's operation timeout (CONTRACT §7.2).
         """
         async with self.lock:
             async with self.store.tx() as conn:
@@ -293,14 +296,15 @@ class Engine(AlarmOps):
         logged). A single event's failure propagates to the caller."""
         todo = [ev for ev in evs if self._needs_unit(ev)]
         if len(todo) == 1:
-            async with self.unit() as tx:
+            # the next event must not wait for the broker's PUBACK of this one's answers
+            async with self.unit(wait_publish=False) as tx:
                 await self._apply(tx, todo[0])
             return
 
         def failed(_tx: Tx, ev: DeviceEvent | DoorEvent) -> None:
             log.exception("event_failed", type=ev.type, id=ev.id)
 
-        await self._in_units(todo, self._apply, failed, wait_publish=True)
+        await self._in_units(todo, self._apply, failed, wait_publish=False)
 
     async def _in_units(
         self,

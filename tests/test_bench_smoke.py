@@ -102,3 +102,41 @@ async def test_smoke_run_of_the_harness(tmp_path: Path) -> None:
     assert lat["background"]["fleet_sent"]["heartbeat"] > 0
     assert lat["gateway_footprint"]["peak_rss_mb"] > 10
     assert "alarm latency" in bench_run.table(res)
+
+
+def test_burst_rows_show_both_bursts_with_p95() -> None:
+    res = {
+        "burst": {
+            "alarms": 200,
+            "spacing_ms": 20.0,
+            "quiet": {"n": 200, "p50_ms": 4.0, "p95_ms": 9.5, "p99_ms": 12.0, "max_ms": None},
+            "loaded": {
+                "n": 200,
+                "p50_ms": 3.0,
+                "p95_ms": 7.0,
+                "p99_ms": 11.0,
+                "max_ms": 20.0,
+                "heartbeats_per_s": 1000.0,
+                "handled_mean_ms": 2.5,
+            },
+        }
+    }
+    text = bench_run.table(res)
+    assert "quiet burst: 200 sos 20 ms apart" in text
+    assert "4.0 / 9.5 / 12.0 / never" in text
+    assert "loaded burst (+1,000 hb/s)" in text and "3.0 / 7.0 / 11.0 / 20.0" in text
+
+
+async def test_smoke_run_of_the_burst_scenario(tmp_path: Path) -> None:
+    """Both bursts at tiny sizes through a real gateway process: an SMS for every sos."""
+    scale = Scale.tiny()
+    res = await bench_run.run(scale, ("burst",), tmp_path)
+    bu = res["burst"]
+    assert "error" not in bu, bu
+    for phase in ("quiet", "loaded"):
+        assert bu[phase]["n"] == scale.burst_alarms
+        assert bu[phase]["max_ms"] is not None, (phase, bu[phase])  # none missing
+        assert 0 < bu[phase]["p50_ms"] <= bu[phase]["p95_ms"] <= bu[phase]["max_ms"]
+        assert bu[phase]["handled_mean_ms"] is not None
+    assert bu["loaded"]["fleet_sent"]["heartbeat"] > 0
+    assert "quiet burst" in bench_run.table(res)

@@ -26,6 +26,7 @@ import datetime as dt
 import json
 import random
 import re
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -61,6 +62,13 @@ OP_TIMEOUT: Final = 10.0
 STOP_FLUSH_TIMEOUT: Final = 2.0
 STOP_DRAIN_TIMEOUT: Final = 3.0
 STOP_TIMEOUT: Final = 8.0
+
+# paho writes to its own socket (not an asyncio transport, which would set TCP_NODELAY
+# itself) and never turns Nagle off. With Nagle, an answer written right after the PUBACK of
+# an inbound message waits in the kernel until the broker ACKs that PUBACK, and on a quiet
+# broker that is its delayed ACK, ~40 ms later (issue 17). aiomqtt sets these right after the
+# socket connects (TLS included), before the CONNACK.
+SOCKET_OPTIONS: Final = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 EventHandler = Callable[[DeviceEvent | DoorEvent], Awaitable[None]]
 
@@ -288,6 +296,7 @@ class MqttEdge:
             timeout=OP_TIMEOUT,
             tls_params=tls,
             max_inflight_messages=MAX_IN_FLIGHT + 4,  # the window, the status and subscribe
+            socket_options=SOCKET_OPTIONS,
         )
         client.pending_calls_threshold = MAX_IN_FLIGHT + 4  # aiomqtt's warning, not a limit
         return client
