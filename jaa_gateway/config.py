@@ -85,14 +85,6 @@ def parse_duration(value: object) -> dt.timedelta:
     return dt.timedelta(seconds=seconds)
 
 
-def format_duration(td: dt.timedelta) -> str:
-    secs = td.total_seconds()
-    for unit, size in (("h", 3600), ("m", 60)):
-        if secs >= size and secs % size == 0:
-            return f"{int(secs // size)}{unit}"
-    return f"{secs:g}s"
-
-
 def _parse_hhmm(value: object) -> dt.time:
     if isinstance(value, dt.time):
         # a TOML local time such as 07:00:00; seconds would be silently lost, so refuse them
