@@ -13,8 +13,7 @@ import difflib
 import os
 import re
 import typing
-import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from jaa_gateway.config.index import lookup
 from jaa_gateway.config.values import (
     HHMM,
     UNION_TAGS,
@@ -305,17 +305,6 @@ class Assessment(_Frozen):
 
 
 _T = typing.TypeVar("_T", bound=BaseModel)
-# per-Config look-up indexes, kept outside the model: pydantic compares private attributes in
-# ==, so a cache on the instance would make two equal configs unequal after a look-up
-_INDEXES: dict[int, dict[str, tuple[object, dict[str, Any]]]] = {}
-# what each index is keyed on; look-ups run per event, a scan of 10,000 people would not do
-_INDEX_KEYS: dict[str, Callable[[Any], Iterable[str]]] = {
-    "id": lambda item: (item.id,),
-    "badge": lambda person: [b.upper() for b in person.badges],
-    "phone": lambda person: (person.phone,),
-    "person": lambda device: (device.person,),
-    "door": lambda location: location.doors,
-}
 
 
 class Config(_Frozen):
@@ -332,69 +321,48 @@ class Config(_Frozen):
     escalation_chains: list[Chain] = Field(default_factory=list)
     assessments: list[Assessment] = Field(default_factory=list)
 
-    def _lookup(self, attr: str, key: str, by: str = "id") -> Any:
-        """Look an item of list `attr` up by `by` (an index built once per model)."""
-        items = getattr(self, attr)
-        indexes = _INDEXES.get(id(self))
-        if indexes is None:
-            indexes = _INDEXES[id(self)] = {}
-            # dropped with the model, so a later object reusing its id() starts afresh
-            weakref.finalize(self, _INDEXES.pop, id(self), None)
-        name = f"{attr}:{by}"
-        cached = indexes.get(name)
-        # keyed on the list object too: a model_copy(update=...) that replaces a list gets a new
-        # object id anyway, but this keeps the index honest whatever happens to the model
-        if cached is None or cached[0] is not items:
-            index: dict[str, Any] = {}
-            for item in items:
-                for k in _INDEX_KEYS[by](item):
-                    index.setdefault(k, item)
-            cached = (items, index)
-            indexes[name] = cached
-        return cached[1].get(key)
-
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.gateway.timezone)
 
     def person(self, pid: str) -> Person | None:
-        found: Person | None = self._lookup("people", pid)
+        found: Person | None = lookup(self, "people", pid)
         return found
 
     def device(self, did: str) -> Device | None:
-        found: Device | None = self._lookup("devices", did)
+        found: Device | None = lookup(self, "devices", did)
         return found
 
     def location(self, lid: str) -> Location | None:
-        found: Location | None = self._lookup("locations", lid)
+        found: Location | None = lookup(self, "locations", lid)
         return found
 
     def roster(self, rid: str) -> Roster | None:
-        found: Roster | None = self._lookup("rosters", rid)
+        found: Roster | None = lookup(self, "rosters", rid)
         return found
 
     def chain(self, cid: str) -> Chain | None:
-        found: Chain | None = self._lookup("escalation_chains", cid)
+        found: Chain | None = lookup(self, "escalation_chains", cid)
         return found
 
     def assessment(self, aid: str) -> Assessment | None:
-        found: Assessment | None = self._lookup("assessments", aid)
+        found: Assessment | None = lookup(self, "assessments", aid)
         return found
 
     def person_by_badge(self, badge: str) -> Person | None:
-        found: Person | None = self._lookup("people", badge.upper(), "badge")
+        found: Person | None = lookup(self, "people", badge.upper(), "badge")
         return found
 
     def person_by_phone(self, phone: str) -> Person | None:
-        found: Person | None = self._lookup("people", phone, "phone")
+        found: Person | None = lookup(self, "people", phone, "phone")
         return found
 
     def device_of(self, person_id: str) -> Device | None:
-        found: Device | None = self._lookup("devices", person_id, "person")
+        found: Device | None = lookup(self, "devices", person_id, "person")
         return found
 
     def location_of_door(self, door_id: str) -> Location | None:
-        found: Location | None = self._lookup("locations", door_id, "door")
+        found: Location | None = lookup(self, "locations", door_id, "door")
         return found
 
 
