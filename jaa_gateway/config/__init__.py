@@ -6,6 +6,7 @@ name list entries by their id where they have one (``people[ola].phone``), else 
 No problem line ever contains a secret (tokens, passwords, values read from the environment).
 """
 
+from jaa_gateway.config.load import load_config, parse_assessment, parse_config
 from jaa_gateway.config.models import (
     Assessment,
     Chain,
@@ -26,10 +27,7 @@ from jaa_gateway.config.models import (
     Window,
     check_assessment,
     cross_check,
-    load_config,
     may_approve,
-    parse_assessment,
-    parse_config,
     summary,
 )
 from jaa_gateway.config.values import (

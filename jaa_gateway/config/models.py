@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
-import os
 import re
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-# tomli is the parser the standard library's tomllib was made from, published compiled (mypyc):
-# ~3x faster, which is a second of start-up for a 10,000-person site (issue 6). Same API.
-try:
-    import tomli as tomllib
-except ImportError:  # pragma: no cover - the dependency is declared; stay usable without it
-    import tomllib  # type: ignore[no-redef]
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -377,9 +369,8 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # list sections whose entries have ids; keys name an entry by its id (people[ola])
-_LIST_SECTIONS: dict[str, type[BaseModel]] = {
+LIST_SECTIONS: dict[str, type[BaseModel]] = {
     "people": Person,
     "devices": Device,
     "locations": Location,
@@ -393,7 +384,7 @@ _SECRET_PATHS = (("mqtt", "password"), ("twilio", "auth_token"))
 _MIN_REDACT = 4
 
 
-def _item_label(node: Sequence[Any], index: int) -> str:
+def item_label(node: Sequence[Any], index: int) -> str:
     entry = node[index]
     # only a well-formed id names an entry: anything else could break the one-line format
     if isinstance(entry, dict) and isinstance(entry.get("id"), str):
@@ -403,58 +394,11 @@ def _item_label(node: Sequence[Any], index: int) -> str:
     return str(index)
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """Escape control characters (a TOML key may hold a newline): one problem, one line."""
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _substitute_env(
-    node: Any,
-    env: Mapping[str, str],
-    path: str,
-    problems: list[tuple[str, str]],
-    used: set[str] | None = None,
-) -> Any:
-    """Replace ``${NAME}`` in every string value; a missing variable is a problem at its key.
-
-    `used` collects the substituted values, so they can be kept out of every message.
-    """
-    if isinstance(node, str):
-
-        def repl(m: re.Match[str]) -> str:
-            name = m.group(1)
-            if name not in env:
-                problems.append((path, f"environment variable {name} is not set"))
-                return ""
-            if used is not None:
-                used.add(env[name])
-            return env[name]
-
-        return _ENV_RE.sub(repl, node)
-    if isinstance(node, dict):
-        return {k: _substitute_env(v, env, _join(path, k), problems, used) for k, v in node.items()}
-    if isinstance(node, list):
-        return [
-            _substitute_env(v, env, f"{path}[{_item_label(node, i)}]", problems, used)
-            for i, v in enumerate(node)
-        ]
-    return node
-
-
-def _has_env_ref(node: Any) -> bool:
-    if isinstance(node, str):
-        return "${" in node
-    if isinstance(node, dict):
-        return any(_has_env_ref(v) for v in node.values())
-    if isinstance(node, list):
-        return any(_has_env_ref(v) for v in node)
-    return False
 
 
 def _loc_to_key(loc: Iterable[int | str], data: Any) -> str:
@@ -469,7 +413,7 @@ def _loc_to_key(loc: Iterable[int | str], data: Any) -> str:
         if isinstance(item, int):
             label = str(item)
             if isinstance(node, list) and 0 <= item < len(node):
-                label = _item_label(node, item)
+                label = item_label(node, item)
                 node = node[item]
             else:
                 node = None
@@ -558,7 +502,7 @@ def _why(err: Mapping[str, Any]) -> str:
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return "should be a table"
     if kind == "list_type":
-        if len(loc) == 1 and loc[0] in _LIST_SECTIONS:
+        if len(loc) == 1 and loc[0] in LIST_SECTIONS:
             return f"should be an array of tables ([[{loc[0]}]] entries)"
         return "should be an array"
     if kind == "string_type":
@@ -597,8 +541,8 @@ class _View:
             http=cfg.http,
             has_twilio=cfg.twilio is not None,
             default_escalation=cfg.gateway.default_escalation,
-            items={s: list(getattr(cfg, s)) for s in _LIST_SECTIONS},
-            ids={s: [item.id for item in getattr(cfg, s)] for s in _LIST_SECTIONS},
+            items={s: list(getattr(cfg, s)) for s in LIST_SECTIONS},
+            ids={s: [item.id for item in getattr(cfg, s)] for s in LIST_SECTIONS},
         )
 
     @classmethod
@@ -606,7 +550,7 @@ class _View:
         items: dict[str, list[Any]] = {}
         ids: dict[str, list[str]] = {}
         opaque: set[str] = set()
-        for section, model in _LIST_SECTIONS.items():
+        for section, model in LIST_SECTIONS.items():
             raw = data.get(section, [])
             items[section], ids[section] = [], []
             if not isinstance(raw, list):
@@ -658,7 +602,7 @@ def _try(model: type[_T], raw: Any) -> _T | None:
         return None
 
 
-def _pydantic_problems(
+def pydantic_problems(
     exc: ValidationError, data: Mapping[str, Any], skip: set[str]
 ) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
@@ -673,7 +617,7 @@ def _pydantic_problems(
     return out
 
 
-def _secrets_in(data: Mapping[str, Any]) -> set[str]:
+def secrets_in(data: Mapping[str, Any]) -> set[str]:
     found: set[str] = set()
     for section, name in _SECRET_PATHS:
         sec = data.get(section)
@@ -687,75 +631,11 @@ def _secrets_in(data: Mapping[str, Any]) -> set[str]:
     return found
 
 
-def _redact(line: str, secrets: Iterable[str]) -> str:
+def redact(line: str, secrets: Iterable[str]) -> str:
     for s in sorted(secrets, key=len, reverse=True):
         if len(s) >= _MIN_REDACT:
             line = line.replace(s, "***")
     return line
-
-
-def parse_config(
-    data: Mapping[str, Any], source: str = "<config>", env: Mapping[str, str] | None = None
-) -> Config:
-    """Validate an already-parsed TOML document; raise ConfigError listing every problem."""
-    env = os.environ if env is None else env
-    env_problems: list[tuple[str, str]] = []
-    env_values: set[str] = set()
-    # only sections that hold a ${NAME} are walked with key paths (10,000 people: ~0.5 s)
-    doc: dict[str, Any] = {
-        k: _substitute_env(v, env, k, env_problems, env_values) if _has_env_ref(v) else v
-        for k, v in data.items()
-    }
-    problems = list(env_problems)
-    cfg: Config | None = None
-    try:
-        cfg = Config.model_validate(doc)
-    except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, doc, {k for k, _ in env_problems}))
-        problems.extend(_cross_check(_View.partial(doc)))
-    else:
-        problems.extend(_cross_check(_View.of(cfg)))
-    if problems or cfg is None:
-        secrets = env_values | _secrets_in(doc) | _secrets_in(data)
-        lines: list[str] = []
-        for key, why in problems:
-            line = _one_line(_redact(f"{source}: {key}: {why}", secrets))
-            if line not in lines:
-                lines.append(line)
-        raise ConfigError(lines)
-    return cfg
-
-
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{p}: (file): cannot read: {exc.strerror or exc}"]) from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError([f"{p}: (file): not UTF-8 text"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        # tomllib's messages give line and column, never the offending text
-        raise ConfigError([f"{p}: (file): not valid TOML: {exc}"]) from None
-    return parse_config(data, str(p), env)
-
-
-def parse_assessment(cfg: Config, body: Mapping[str, Any]) -> Assessment:
-    """Validate an assessment from outside the config (the HTTP API) against `cfg`.
-
-    Raises ConfigError whose problems are ``key: why`` lines (no file name).
-    """
-    try:
-        a = Assessment.model_validate(dict(body))
-    except ValidationError as exc:
-        lines = [f"{key}: {why}" for key, why in _pydantic_problems(exc, dict(body), set())]
-        raise ConfigError(lines) from None
-    problems = check_assessment(cfg, a, "")
-    if problems:
-        raise ConfigError([f"{key.lstrip('.')}: {why}" for key, why in problems])
-    return a
 
 
 # --------------------------------------------------------------------------- cross-checks
@@ -829,9 +709,14 @@ def cross_check(cfg: Config) -> list[tuple[str, str]]:
     return _cross_check(_View.of(cfg))
 
 
+def cross_check_document(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The cross-checks of a document that did not validate, on the entries that did."""
+    return _cross_check(_View.partial(data))
+
+
 def _cross_check(v: _View) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    for section in _LIST_SECTIONS:
+    for section in LIST_SECTIONS:
         for d in _dupes(v.ids[section]):
             out.append((f"{section}[{d}]", f"id {d!r} is used more than once"))
 
