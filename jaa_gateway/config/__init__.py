@@ -6,6 +6,7 @@ name list entries by their id where they have one (``people[ola].phone``), else 
 No problem line ever contains a secret (tokens, passwords, values read from the environment).
 """
 
+from jaa_gateway.config.checks import check_assessment, cross_check, may_approve
 from jaa_gateway.config.load import load_config, parse_assessment, parse_config
 from jaa_gateway.config.models import (
     Assessment,
@@ -25,9 +26,6 @@ from jaa_gateway.config.models import (
     TimingSection,
     TwilioSection,
     Window,
-    check_assessment,
-    cross_check,
-    may_approve,
     summary,
 )
 from jaa_gateway.config.values import (

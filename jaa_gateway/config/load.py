@@ -21,13 +21,11 @@ except ImportError:  # pragma: no cover - the dependency is declared; stay usabl
     import tomllib  # type: ignore[no-redef]
 from pydantic import ValidationError
 
+from jaa_gateway.config.checks import check_assessment, cross_check, cross_check_document
 from jaa_gateway.config.models import (
     Assessment,
     Config,
     ConfigError,
-    check_assessment,
-    cross_check,
-    cross_check_document,
     item_label,
     one_line,
     pydantic_problems,
