@@ -12,7 +12,6 @@ from jaa_gateway.config.models import (
     Assessment,
     Chain,
     Config,
-    ConfigError,
     Device,
     GatewaySection,
     HttpSection,
@@ -26,8 +25,8 @@ from jaa_gateway.config.models import (
     TimingSection,
     TwilioSection,
     Window,
-    summary,
 )
+from jaa_gateway.config.report import ConfigError, summary
 from jaa_gateway.config.values import (
     DAYS,
     HHMM,

@@ -22,9 +22,8 @@ except ImportError:  # pragma: no cover - the dependency is declared; stay usabl
 from pydantic import ValidationError
 
 from jaa_gateway.config.checks import check_assessment, cross_check, cross_check_document
-from jaa_gateway.config.models import (
-    Assessment,
-    Config,
+from jaa_gateway.config.models import Assessment, Config
+from jaa_gateway.config.report import (
     ConfigError,
     item_label,
     one_line,
