@@ -4,6 +4,11 @@
 form ``file: key: why`` -- every problem at once, so an operator fixes a file in one pass. Keys
 name list entries by their id where they have one (``people[ola].phone``), else by position.
 No problem line ever contains a secret (tokens, passwords, values read from the environment).
+
+Import from here; the rooms are the package's inside: `values` (durations, HH:MM, dates, ids,
+phone numbers, API tokens), `models` (the frozen models and `Config`), `index` (Config's
+look-ups), `checks` (the cross-checks), `report` (problem lines, redaction, the summary) and
+`load` (TOML, ``${NAME}``, `load_config`, `parse_config`, `parse_assessment`).
 """
 
 from jaa_gateway.config.checks import check_assessment, cross_check, may_approve
