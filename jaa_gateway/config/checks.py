@@ -220,20 +220,17 @@ def _cross_check(v: _View) -> list[tuple[str, str]]:
             elif not v.exists("people", p.supervisor):
                 out.append((f"{key}.supervisor", f"unknown person {p.supervisor!r}"))
         for b in p.badges:
-            other = badge_owner.setdefault(b.upper(), p.id)
-            if other != p.id:
+            if (other := _other_owner(badge_owner, b.upper(), p.id)) is not None:
                 out.append((f"{key}.badges", f"badge {b!r} is also {other!r}'s"))
-        other = phone_owner.setdefault(p.phone, p.id)
-        if other != p.id:
-            # SMS replies are matched to people by number: two people on one number is ambiguous
+        # SMS replies are matched to people by number: two people on one number is ambiguous
+        if (other := _other_owner(phone_owner, p.phone, p.id)) is not None:
             out.append((f"{key}.phone", f"{p.phone} is also {other!r}'s number"))
 
     holder: dict[str, str] = {}
     for d in v.items["devices"]:
         if not v.exists("people", d.person):
             out.append((f"devices[{d.id}].person", f"unknown person {d.person!r}"))
-        other = holder.setdefault(d.person, d.id)
-        if other != d.id:
+        if (other := _other_owner(holder, d.person, d.id)) is not None:
             out.append((f"devices[{d.id}].person", f"{d.person!r} already holds {other!r}"))
 
     door_owner: dict[str, str] = {}
@@ -242,8 +239,7 @@ def _cross_check(v: _View) -> list[tuple[str, str]]:
         if not v.exists("escalation_chains", loc.escalation):
             out.append((f"{key}.escalation", f"unknown escalation chain {loc.escalation!r}"))
         for door in loc.doors:
-            other = door_owner.setdefault(door, loc.id)
-            if other != loc.id:
+            if (other := _other_owner(door_owner, door, loc.id)) is not None:
                 out.append((f"{key}.doors", f"door {door!r} already belongs to {other!r}"))
 
     for r in v.items["rosters"]:
@@ -262,6 +258,12 @@ def _cross_check(v: _View) -> list[tuple[str, str]]:
     return out
 
 
+def _other_owner(owners: dict[str, str], thing: str, owner: str) -> str | None:
+    """Who else already has `thing` (a badge, number, door...), or None; the first keeps it."""
+    other = owners.setdefault(thing, owner)
+    return None if other == owner else other
+
+
 def _token_dupes(http: HttpSection) -> list[tuple[str, str]]:
     # token_names() maps a token to one name: a token listed twice would be audited under the
     # wrong name. The entries are named, never the token.
@@ -273,8 +275,7 @@ def _token_dupes(http: HttpSection) -> list[tuple[str, str]]:
     first: dict[str, str] = {}
     out: list[tuple[str, str]] = []
     for key, tok in named:
-        other = first.setdefault(tok.get_secret_value(), key)
-        if other != key:
+        if (other := _other_owner(first, tok.get_secret_value(), key)) is not None:
             out.append((key, f"the same token as {other}"))
     return out
 
