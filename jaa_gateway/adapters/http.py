@@ -25,6 +25,7 @@ from sqlalchemy import and_, select, update
 from twilio.request_validator import RequestValidator
 
 from jaa_gateway.calls import MAX_SPOKEN
+from jaa_gateway.config import UNREADABLE_RE as _UNSTORABLE_RE
 from jaa_gateway.config import Assessment, check_assessment
 from jaa_gateway.domain import texts
 from jaa_gateway.domain.replies import parse_sms_reply
@@ -40,8 +41,6 @@ log = structlog.get_logger("jaa_gateway.http")
 MAX_BODY = 64 * 1024
 _PLUS_OFFSET = re.compile(r" ([0-9]{2}:[0-9]{2})$")
 _ID_MAX = 64
-# line breaks and tabs may stand in a note; other control characters and surrogates may not
-_UNSTORABLE_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 @dataclass
