@@ -164,6 +164,12 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
 ]
 
 
+# outbox.MAX_IN_FLIGHT sends may each record their outcome at once (tests/test_store.py checks
+# the pool stays above it), beside the engine's unit, HTTP reads, the health probe and flushes
+PG_POOL_SIZE = 40
+PG_POOL_OVERFLOW = 10
+
+
 def async_url(url: str) -> str:
     """Map the config's database URL onto an async driver (PostgreSQL)."""
     u = make_url(url)
@@ -202,7 +208,18 @@ class Store:
             from sqlalchemy.ext.asyncio import create_async_engine
 
             self.url = async_url(url)
-            self.async_engine = create_async_engine(self.url)
+            # pre-ping: a connection the server (or a failover) closed while it sat in the pool
+            # is replaced before use, not handed to a transaction that then fails; the pool
+            # holds the outbox's sends in flight plus the engine, the HTTP API and housekeeping
+            self.async_engine = create_async_engine(
+                self.url,
+                pool_pre_ping=True,
+                pool_size=PG_POOL_SIZE,
+                max_overflow=PG_POOL_OVERFLOW,
+                pool_timeout=10,
+            )
+            # the synchronous face of the same engine (events such as "commit" attach here)
+            self.engine = self.async_engine.sync_engine
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[Conn]:
