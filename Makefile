@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: demo test lint typecheck pytest bench soak clean check-mosquitto
+.PHONY: demo test lint typecheck pytest bench soak clean check-mosquitto check-postgres
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(VENV)/.demo-installed: pyproject.toml $(BIN)/activate
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml $(BIN)/activate
-	$(PY) -m pip install --quiet -e '.[test,demo]'
+	$(PY) -m pip install --quiet -e '.[test,demo,postgres]'
 	touch $@
 
 demo: $(VENV)/.demo-installed
@@ -32,6 +32,19 @@ check-mosquitto:
 	  fi; \
 	fi
 
+# The PostgreSQL tests start their own throwaway cluster (tests/support/postgres.py) from the
+# server binaries; Debian installs them off PATH, under /usr/lib/postgresql/<version>/bin.
+check-postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "PostgreSQL server binaries not found: installing them with apt-get"; \
+	    (apt-get install -y postgresql || (apt-get update && apt-get install -y postgresql)); \
+	  else \
+	    echo "error: the tests need the PostgreSQL server binaries (initdb, pg_ctl). Install them: sudo apt-get install -y postgresql" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check jaa_gateway tests benchmarks
 	$(BIN)/ruff format --check jaa_gateway tests benchmarks
@@ -39,10 +52,10 @@ lint: $(VENV)/.test-installed
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy jaa_gateway
 
-pytest: $(VENV)/.test-installed check-mosquitto
+pytest: $(VENV)/.test-installed check-mosquitto check-postgres
 	$(BIN)/pytest -q
 
-test: $(VENV)/.test-installed check-mosquitto lint typecheck pytest
+test: $(VENV)/.test-installed check-mosquitto check-postgres lint typecheck pytest
 
 bench: $(VENV)/.test-installed check-mosquitto
 	$(PY) -m benchmarks.run

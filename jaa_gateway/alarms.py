@@ -404,13 +404,11 @@ class AlarmOps:
     async def _start_escalation(self, tx: Tx, a: dict[str, Any]) -> None:
         a["state"] = "escalating"
         a["escalation_started_at"] = tx.ts
-        a["generation"] = int(a["generation"]) + 1
         await q.update_alarm(
             tx.conn,
-            a["id"],
+            a,
             state="escalating",
             escalation_started_at=tx.ts,
-            generation=a["generation"],
         )
         await q.add_audit(
             tx.conn,
@@ -478,7 +476,7 @@ class AlarmOps:
         a["next_k"] = next_k
         a["next_due_at"] = nxt.timestamp() if nxt is not None else None
         await q.update_alarm(
-            tx.conn, a["id"], next_k=next_k, next_due_at=a["next_due_at"], exhausted=a["exhausted"]
+            tx.conn, a, next_k=next_k, next_due_at=a["next_due_at"], exhausted=a["exhausted"]
         )
         self._alarm_timer(tx, a)
 
@@ -515,10 +513,9 @@ class AlarmOps:
         if a["state"] == "prealarm":
             await q.update_alarm(
                 tx.conn,
-                a["id"],
+                a,
                 state="cancelled",
                 cancelled_at=tx.ts,
-                generation=int(a["generation"]) + 1,
             )
             a["state"] = "cancelled"
             await q.add_audit(
@@ -544,7 +541,7 @@ class AlarmOps:
         """Escalation goes on; those already told get an SMS that the worker reports OK."""
         if a["worker_ok_at"] is not None:
             return
-        await q.update_alarm(tx.conn, a["id"], worker_ok_at=tx.ts)
+        await q.update_alarm(tx.conn, a, worker_ok_at=tx.ts)
         a["worker_ok_at"] = tx.ts
         loc = self.cfg.location(a["location"]) if a["location"] else None
         body = texts.worker_ok_sms(
@@ -619,12 +616,11 @@ class AlarmOps:
                 gen = int(a["generation"]) + 1
                 await q.update_alarm(
                     tx.conn,
-                    aid,
+                    a,
                     state="acknowledged",
                     acknowledged_by=by,
                     acknowledged_at=tx.ts,
                     ack_via=via,
-                    generation=gen,
                     next_due_at=None,
                 )
                 # nothing may start after the ack is stored: pending step rows are cancelled
@@ -679,7 +675,7 @@ class AlarmOps:
                     "alarm can be resolved.",
                 )
             await q.update_alarm(
-                tx.conn, alarm_id, state="resolved", resolved_at=tx.ts, resolved_by=by, note=note
+                tx.conn, a, state="resolved", resolved_at=tx.ts, resolved_by=by, note=note
             )
             a.update(state="resolved", resolved_at=tx.ts, resolved_by=by, note=note)
             await q.add_audit(tx.conn, tx.ts, "alarm_resolved", actor=by, alarm=alarm_id, note=note)

@@ -229,11 +229,7 @@ class Engine(AlarmOps):
             await q.add_audit(
                 tx.conn, tx.ts, "assessment_removed_with_config", actor="config", assessment=aid
             )
-        ids = [r["id"] for r in rows]
-        for i in range(0, len(ids), 500):
-            await tx.conn.execute(delete(assessments).where(assessments.c.id.in_(ids[i : i + 500])))
-        if rows:
-            await tx.conn.execute(insert(assessments), rows)
+        await q.upsert_assessments(tx.conn, rows)
         loaded: dict[str, Assessment] = {a.id: a for a in self.cfg.assessments}
         for aid, r in stored.items():
             if aid in in_config or r["source"] != "api":
@@ -577,7 +573,7 @@ class Engine(AlarmOps):
                         # badged in with the JAA off, now started from it: monitor the device
                         # from here on (check-in requests had nowhere to go until now)
                         active = dict(active) | {"device": device_id}
-                        await q.update_session(tx.conn, active["id"], device=device_id)
+                        await q.update_session(tx.conn, active, device=device_id)
                         await q.add_audit(
                             tx.conn,
                             tx.ts,
@@ -656,6 +652,7 @@ class Engine(AlarmOps):
             "overrun_state": "none",
             "offline_alarmed": False,
             "active": True,
+            "generation": 0,
         }
         await tx.conn.execute(_INSERT_SESSION, row)
         await q.add_audit(
@@ -766,7 +763,7 @@ class Engine(AlarmOps):
         return str(s["id"])
 
     async def end_session(self, tx: Tx, s: dict[str, Any], *, reason: str, actor: str) -> None:
-        await q.update_session(tx.conn, s["id"], active=False, ended_at=tx.ts, end_reason=reason)
+        await q.update_session(tx.conn, s, active=False, ended_at=tx.ts, end_reason=reason)
         for kind in ("checkin", "overrun", "offline"):
             tx.set_timer((kind, s["id"]), None)
         sid = s["id"]
@@ -798,7 +795,7 @@ class Engine(AlarmOps):
             }
             tx.set_timer(("checkin", s["id"]), due)
         if values:
-            await q.update_session(tx.conn, s["id"], **values)
+            await q.update_session(tx.conn, s, **values)
         await q.add_audit(tx.conn, tx.ts, "checkin", actor=person.id, session=s["id"])
         await self.worker_reports_ok(tx, ev.device_id, kinds=("missed_checkin",))
 
@@ -889,7 +886,7 @@ class Engine(AlarmOps):
                 return
             grace = self.cfg.timing.checkin_grace.total_seconds()
             until = s["checkin_due_at"] + grace
-            await q.update_session(tx.conn, s["id"], checkin_state="due", checkin_grace_until=until)
+            await q.update_session(tx.conn, s, checkin_state="due", checkin_grace_until=until)
             await q.add_audit(tx.conn, tx.ts, "checkin_due", session=s["id"], reason="checkin")
             self.to_device(
                 tx,
@@ -901,7 +898,7 @@ class Engine(AlarmOps):
             if s["checkin_grace_until"] is not None and s["checkin_grace_until"] > tx.ts + 0.001:
                 tx.set_timer(("checkin", s["id"]), s["checkin_grace_until"])
                 return
-            await q.update_session(tx.conn, s["id"], checkin_state="alarmed")
+            await q.update_session(tx.conn, s, checkin_state="alarmed")
             await self.raise_session_alarm(tx, s, "missed_checkin")
 
     async def _overrun_deadline(self, tx: Tx, s: dict[str, Any]) -> None:
@@ -910,7 +907,7 @@ class Engine(AlarmOps):
             if s["ends_at"] > tx.ts + 0.001:
                 tx.set_timer(("overrun", s["id"]), s["ends_at"])
                 return
-            await q.update_session(tx.conn, s["id"], overrun_state="due")
+            await q.update_session(tx.conn, s, overrun_state="due")
             await q.add_audit(tx.conn, tx.ts, "checkin_due", session=s["id"], reason="overrun")
             self.to_device(
                 tx,
@@ -922,7 +919,7 @@ class Engine(AlarmOps):
             if s["ends_at"] + grace > tx.ts + 0.001:
                 tx.set_timer(("overrun", s["id"]), s["ends_at"] + grace)
                 return
-            await q.update_session(tx.conn, s["id"], overrun_state="alarmed")
+            await q.update_session(tx.conn, s, overrun_state="alarmed")
             await self.raise_session_alarm(tx, s, "session_overrun")
 
     async def _offline_deadline(self, tx: Tx, s: dict[str, Any]) -> None:
@@ -934,7 +931,7 @@ class Engine(AlarmOps):
             return
         if await self.presence.lapsed(tx, s):  # held, or one of a common cause
             return
-        await q.update_session(tx.conn, s["id"], offline_alarmed=True)
+        await q.update_session(tx.conn, s, offline_alarmed=True)
         sid = s["id"]
         tx.after_commit.append(lambda: self.presence.unwatch(sid))
         await self.raise_session_alarm(tx, s, "device_offline")
@@ -990,9 +987,7 @@ class Engine(AlarmOps):
             )
         try:
             async with self.store.tx() as conn:
-                ids = [r["id"] for r in rows]
-                await conn.execute(delete(devices).where(devices.c.id.in_(ids)))
-                await conn.execute(insert(devices), rows)
+                await q.upsert_devices(conn, rows)
         except Exception:
             self._dirty_devices |= dirty
             raise

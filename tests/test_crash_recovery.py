@@ -83,9 +83,10 @@ def assert_on_time_across_restart(
 
 
 async def test_kill9_mid_escalation_resumes_on_the_original_timetable(
-    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble
+    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble, db_url: str
 ) -> None:
     cfg = site_config(tmp_path / "state.db", mosquitto.port, twilio_double)
+    cfg["gateway"]["database"] = db_url
     # steps 1 and 2 later than in the default site: the daemon needs 2-4 s to start again on a
     # busy 2-core machine, and a step due before it is back would (rightly) go out late
     steps = cfg["escalation_chains"][0]["steps"]
@@ -163,9 +164,10 @@ async def test_overdue_steps_run_at_once_after_a_long_outage(
 
 
 async def test_sos_published_while_the_gateway_is_down_is_processed_after_restart(
-    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble
+    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble, db_url: str
 ) -> None:
     cfg = site_config(tmp_path / "state.db", mosquitto.port, twilio_double)
+    cfg["gateway"]["database"] = db_url
     async with (
         gateway_process(tmp_path, cfg, twilio_double) as gw,
         probe(mosquitto.port, "jaa/#") as p,

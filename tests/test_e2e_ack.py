@@ -120,9 +120,9 @@ async def assert_untouched(gw: InProcessGateway, alarm_id: str) -> None:
 
 
 async def test_ack_by_sms_stops_escalation_then_resolve(
-    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble
+    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble, db_url: str
 ) -> None:
-    async with site(tmp_path, mosquitto, twilio_double) as (gw, p, _):
+    async with site(tmp_path, mosquitto, twilio_double, db_url=db_url) as (gw, p, _):
         await start_session(p)
         alarm_id, code, t0 = await sos_notified(gw, p, twilio_double)
         assert f"OK {code}" in (to(twilio_double, "guard-1", "sms")[0].body or "")
@@ -398,7 +398,7 @@ async def test_ack_right_after_the_step_is_stored_stops_its_notifications(
 
 
 async def test_no_step_starts_after_the_ack_even_when_due_in_the_same_instant(
-    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble
+    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble, db_url: str
 ) -> None:
     """Ack and step 1 at the same instant, many times, swept across the step's due time.
 
@@ -407,7 +407,11 @@ async def test_no_step_starts_after_the_ack_even_when_due_in_the_same_instant(
     step-1 SMS may reach Twilio after the ack is stored.
     """
     step_after = 0.3
-    async with site(tmp_path, mosquitto, twilio_double, _race_chain(step_after)) as (gw, p, _):
+    async with site(tmp_path, mosquitto, twilio_double, _race_chain(step_after), db_url=db_url) as (
+        gw,
+        p,
+        _,
+    ):
         assert gw.app is not None
         engine = gw.app.engine
         mono_to_epoch = time.time() - time.monotonic()

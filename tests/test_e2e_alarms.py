@@ -169,8 +169,12 @@ async def site(
     mosquitto: MosquittoBroker,
     twilio: TwilioDouble,
     patch: Callable[[dict[str, Any]], None] | None = None,
+    db_url: str | None = None,
 ) -> AsyncIterator[tuple[InProcessGateway, MqttProbe, dict[str, Any]]]:
+    """`db_url` (the `db_url` fixture) runs the site on that database (default: SQLite)."""
     cfg = site_config(tmp_path / "state.db", mosquitto.port, twilio)
+    if db_url is not None:
+        cfg["gateway"]["database"] = db_url
     if patch is not None:
         patch(cfg)
     async with running_gateway(cfg) as gw, probe(mosquitto.port, "jaa/#") as p:
@@ -181,9 +185,9 @@ async def site(
 
 
 async def test_sos_in_a_session_escalates_at_once(
-    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble
+    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble, db_url: str
 ) -> None:
-    async with site(tmp_path, mosquitto, twilio_double) as (gw, p, _):
+    async with site(tmp_path, mosquitto, twilio_double, db_url=db_url) as (gw, p, _):
         started = await start_session(p)
         alarm_id, t0 = await raise_sos(p)
         await twilio_double.wait_for(
@@ -480,9 +484,9 @@ async def test_cancel_after_escalation_tells_the_notified_and_goes_on(
 
 
 async def test_steps_arrive_at_their_offsets(
-    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble
+    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble, db_url: str
 ) -> None:
-    async with site(tmp_path, mosquitto, twilio_double) as (gw, p, _):
+    async with site(tmp_path, mosquitto, twilio_double, db_url=db_url) as (gw, p, _):
         await start_session(p)
         alarm_id, t0 = await raise_sos(p)
         await twilio_double.wait_for(lambda d: len(to(d, "head-security")) == 1, timeout=6)

@@ -164,8 +164,9 @@ def cfg(tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble)
 
 
 async def test_device_start_accepted_listed_audited_and_ended(
-    cfg: dict[str, Any], mosquitto: MosquittoBroker
+    cfg: dict[str, Any], mosquitto: MosquittoBroker, db_url: str
 ) -> None:
+    cfg["gateway"]["database"] = db_url
     t0 = dt.datetime.now(dt.UTC)
     async with running_gateway(cfg) as gw, probe(mosquitto.port, "jaa/#") as p:
         ans = await ask(p, dev_ev(OLA_DEV), start("s1"), dev_cmd(OLA_DEV))
@@ -535,8 +536,9 @@ async def test_reasons_come_in_contract_order_as_each_is_fixed(
 
 
 async def test_restart_keeps_the_session_its_timers_and_its_dedupe(
-    cfg: dict[str, Any], mosquitto: MosquittoBroker
+    cfg: dict[str, Any], mosquitto: MosquittoBroker, db_url: str
 ) -> None:
+    cfg["gateway"]["database"] = db_url
     ra1(cfg)["checkin_interval"] = "3s"
     async with probe(mosquitto.port, "jaa/#") as p:
         async with running_gateway(cfg) as gw:
@@ -629,8 +631,9 @@ async def test_duplicates_change_nothing_and_are_answered_again(
 
 
 async def test_checkin_due_after_interval_and_checkin_restarts_it(
-    cfg: dict[str, Any], mosquitto: MosquittoBroker
+    cfg: dict[str, Any], mosquitto: MosquittoBroker, db_url: str
 ) -> None:
+    cfg["gateway"]["database"] = db_url
     ra1(cfg)["checkin_interval"] = "1s"
     async with running_gateway(cfg), probe(mosquitto.port, "jaa/#") as p:
         ans = await ask(p, dev_ev(OLA_DEV), start("s1"), dev_cmd(OLA_DEV))
@@ -735,10 +738,11 @@ async def test_badge_start_with_checkins_but_no_live_jaa_is_denied(
 
 
 async def test_routine_events_queued_together_share_one_commit_and_fail_alone(
-    cfg: dict[str, Any], mosquitto: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+    cfg: dict[str, Any], mosquitto: MosquittoBroker, monkeypatch: pytest.MonkeyPatch, db_url: str
 ) -> None:
     """Check-ins that queue up run in one transaction (one fsync for the lot, issue 6), each
     under its own SAVEPOINT: one that fails is rolled back alone and the rest are stored."""
+    cfg["gateway"]["database"] = db_url
     from sqlalchemy import event as sa_event
 
     from jaa_gateway import engine as engine_mod

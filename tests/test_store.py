@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from jaa_gateway.store import queries as q
 from jaa_gateway.store.db import MIGRATIONS, Store
-from jaa_gateway.store.schema import audit
+from jaa_gateway.store.schema import audit, schema_migrations
 
 
 async def _events(store: Store) -> list[str]:
@@ -19,33 +19,36 @@ async def _events(store: Store) -> list[str]:
         return [r[0] for r in await conn.execute(select(audit.c.event).order_by(audit.c.seq))]
 
 
-async def test_migrations_are_applied_once_and_recorded(tmp_path: Path) -> None:
-    db = tmp_path / "s.db"
-    store = Store(f"sqlite:///{db}")
+async def test_migrations_are_applied_once_and_recorded(db_url: str) -> None:
+    store = Store(db_url)
     assert await store.migrate() == max(n for n, _, _ in MIGRATIONS)
     assert await store.migrate() == max(n for n, _, _ in MIGRATIONS)
+    async with store.tx() as conn:
+        versions = [
+            r[0]
+            for r in await conn.execute(
+                select(schema_migrations.c.version).order_by(schema_migrations.c.version)
+            )
+        ]
     await store.close()
-    with sqlite3.connect(db) as c:
-        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        versions = [r[0] for r in c.execute("SELECT version FROM schema_migrations")]
     assert versions == [n for n, _, _ in MIGRATIONS]
+    if db_url.startswith("sqlite"):
+        with sqlite3.connect(db_url.removeprefix("sqlite:///")) as c:
+            assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    db = tmp_path / "s.db"
-    store = Store(f"sqlite:///{db}")
+async def test_a_newer_schema_is_refused(db_url: str) -> None:
+    store = Store(db_url)
     await store.migrate()
     async with store.tx() as conn:
-        from jaa_gateway.store.schema import schema_migrations
-
         await conn.execute(schema_migrations.insert().values(version=999, applied_at=0.0))
     with pytest.raises(RuntimeError, match="newer"):
         await store.migrate()
     await store.close()
 
 
-async def test_savepoint_rolls_back_alone_and_release_does_not_commit(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+async def test_savepoint_rolls_back_alone_and_release_does_not_commit(db_url: str) -> None:
+    store = Store(db_url)
     await store.migrate()
     async with store.tx() as conn:
         async with conn.begin_nested():

@@ -17,13 +17,23 @@ statement is a network round trip. Both are used through the same small ``Conn``
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVarTuple, overload
 
 import structlog
-from sqlalchemy import Connection, CursorResult, Executable, create_engine, event, select, text
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Executable,
+    create_engine,
+    event,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.selectable import TypedReturnsRows
@@ -65,6 +75,10 @@ class Conn(Protocol):
     def begin_nested(self) -> Any:
         """An async context manager: a SAVEPOINT that rolls back alone on error."""
 
+    @property
+    def dialect_name(self) -> str:
+        """ "sqlite" or "postgresql": for the few statements whose SQL differs (upserts)."""
+
 
 class SyncConn:
     """A synchronous SQLAlchemy connection behind the async ``Conn`` interface (SQLite)."""
@@ -96,6 +110,10 @@ class SyncConn:
 
     async def run_sync(self, fn: Callable[[Connection], Any]) -> Any:
         return fn(self._c)
+
+    @property
+    def dialect_name(self) -> str:
+        return self._c.dialect.name
 
     @asynccontextmanager
     async def begin_nested(self) -> AsyncIterator[None]:
@@ -134,6 +152,10 @@ class AsyncConn:
     async def run_sync(self, fn: Callable[[Connection], Any]) -> Any:
         return await self._c.run_sync(fn)
 
+    @property
+    def dialect_name(self) -> str:
+        return self._c.dialect.name
+
     @asynccontextmanager
     async def begin_nested(self) -> AsyncIterator[None]:
         async with self._c.begin_nested():
@@ -157,11 +179,36 @@ async def _v2(conn: Conn) -> None:
     )
 
 
+async def _v3(conn: Conn) -> None:
+    # v1 creates the current metadata on a new database: only what is missing
+    def session_columns(c: Connection) -> set[str]:
+        return {col["name"] for col in inspect(c).get_columns("sessions")}
+
+    if "generation" not in await conn.run_sync(session_columns):
+        await conn.exec_driver_sql(
+            "ALTER TABLE sessions ADD COLUMN generation INTEGER NOT NULL DEFAULT 0"
+        )
+    await conn.run_sync(lambda c: schema.health.create(c, checkfirst=True))
+    # the old probe created this table at run time (DDL on every /healthz)
+    await conn.exec_driver_sql("DROP TABLE IF EXISTS health_probe")
+
+
 # Append only: a released migration is never edited; a schema change is a new entry.
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial schema", _v1),
     (2, "indexes for alarm codes and a device's open alarm", _v2),
+    (3, "session generations (compare-and-set), the health probe's table", _v3),
 ]
+
+# Gateways starting together on one PostgreSQL database migrate one at a time (the lock is
+# the transaction's: released by its commit or rollback, and by the server if the process dies)
+MIGRATION_LOCK = 0x6A61615F6D6967  # "jaa_mig"
+
+
+# outbox.MAX_IN_FLIGHT sends may each record their outcome at once (tests/test_store.py checks
+# the pool stays above it), beside the engine's unit, HTTP reads, the health probe and flushes
+PG_POOL_SIZE = 40
+PG_POOL_OVERFLOW = 10
 
 
 def async_url(url: str) -> str:
@@ -179,7 +226,10 @@ def sqlite_url(url: str) -> str:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, node: str | None = None) -> None:
+        """`node` names this gateway in the database (the health probe's row); default: the
+        host name."""
+        self.node = (node or socket.gethostname() or "gateway")[:64]
         self.is_sqlite = make_url(url).drivername.startswith("sqlite")
         self.last_write_ok: float | None = None
         self.last_error: str | None = None
@@ -202,7 +252,18 @@ class Store:
             from sqlalchemy.ext.asyncio import create_async_engine
 
             self.url = async_url(url)
-            self.async_engine = create_async_engine(self.url)
+            # pre-ping: a connection the server (or a failover) closed while it sat in the pool
+            # is replaced before use, not handed to a transaction that then fails; the pool
+            # holds the outbox's sends in flight plus the engine, the HTTP API and housekeeping
+            self.async_engine = create_async_engine(
+                self.url,
+                pool_pre_ping=True,
+                pool_size=PG_POOL_SIZE,
+                max_overflow=PG_POOL_OVERFLOW,
+                pool_timeout=10,
+            )
+            # the synchronous face of the same engine (events such as "commit" attach here)
+            self.engine = self.async_engine.sync_engine
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[Conn]:
@@ -227,6 +288,10 @@ class Store:
     async def migrate(self) -> int:
         """Apply every migration not applied yet; return the schema version."""
         async with self.tx() as conn:
+            if not self.is_sqlite:
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                )
             await conn.run_sync(lambda c: schema.schema_migrations.create(c, checkfirst=True))
             rows = await conn.execute(select(schema.schema_migrations.c.version))
             applied = {r[0] for r in rows}
@@ -249,11 +314,15 @@ class Store:
         return version
 
     async def probe_write(self) -> None:
-        """A tiny write, for /healthz: proves the database is writable now."""
+        """A tiny write, for /healthz: proves the database is writable now (this node's row
+        of `health`, overwritten; no DDL, no growth)."""
+        from jaa_gateway.store.queries import upsert
+
         async with self.tx() as conn:
-            await conn.execute(text("CREATE TABLE IF NOT EXISTS health_probe (x INTEGER)"))
-            await conn.execute(text("DELETE FROM health_probe"))
-            await conn.execute(text("INSERT INTO health_probe (x) VALUES (1)"))
+            await conn.execute(
+                upsert(conn, schema.health, key=("node",)),
+                {"node": self.node, "written_at": time.time()},
+            )
 
     async def close(self) -> None:
         if self.async_engine is not None:

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, Update, and_, bindparam, func, insert, select, update
+import structlog
+from sqlalchemy import ColumnElement, Insert, Table, Update, and_, bindparam, func, insert, select
+from sqlalchemy import update as sa_update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from jaa_gateway.store.db import Conn
-from jaa_gateway.store.schema import alarms, audit, notifications, processed_events, sessions
+from jaa_gateway.store.schema import (
+    alarms,
+    assessments,
+    audit,
+    devices,
+    notifications,
+    processed_events,
+    sessions,
+)
+
+log = structlog.get_logger("jaa_gateway.store")
 
 Row = dict[str, Any]
+
+
+class StaleWrite(Exception):
+    """A compare-and-set update found the row changed (or gone) since the writer read it:
+    nothing was written, and the writer's transaction must not go on as if it had been."""
+
 
 OPEN_STATES = ("prealarm", "escalating", "acknowledged")
 # Statements on the hot paths are built once, with bound parameters: building one per call
@@ -130,15 +150,18 @@ async def active_at_location(conn: Conn, location: str) -> bool:
     return res.first() is not None
 
 
-def _update_by_id(table: Table, columns: frozenset[str]) -> Update:
-    """UPDATE table SET <columns> WHERE id = :_id, built once per set of columns."""
+def _cas_update(table: Table, columns: frozenset[str]) -> Update:
+    """UPDATE table SET <columns>, generation = :_new WHERE id = :_id AND generation = :_expect,
+    built once per set of columns."""
     key = (table.name, columns)
     stmt = _UPDATES.get(key)
     if stmt is None:
+        values: dict[str, Any] = {c: bindparam(f"v_{c}") for c in sorted(columns)}
+        values["generation"] = bindparam("_new")
         stmt = _UPDATES[key] = (
-            update(table)
-            .where(table.c.id == bindparam("_id"))
-            .values({c: bindparam(f"v_{c}") for c in sorted(columns)})
+            sa_update(table)
+            .where(and_(table.c.id == bindparam("_id"), table.c.generation == bindparam("_expect")))
+            .values(values)
         )
     return stmt
 
@@ -146,14 +169,39 @@ def _update_by_id(table: Table, columns: frozenset[str]) -> Update:
 _UPDATES: dict[tuple[str, frozenset[str]], Update] = {}
 
 
-async def _update(conn: Conn, table: Table, row_id: str, values: dict[str, Any]) -> None:
+async def _update(conn: Conn, table: Table, row: Row, values: dict[str, Any]) -> None:
+    """Compare-and-set: write `values` only if the row's generation is still the one `row`
+    was read with; bump it (in `row` too, for the caller's next write). A stale writer
+    changes nothing: StaleWrite, logged with what it found."""
+    if "generation" in values:
+        raise ValueError("generation is the store's: every update bumps it by one")
+    expect = int(row["generation"])
     params = {f"v_{k}": v for k, v in values.items()}
-    params["_id"] = row_id
-    await conn.execute(_update_by_id(table, frozenset(values)), params)
+    params.update(_id=row["id"], _expect=expect, _new=expect + 1)
+    res = await conn.execute(_cas_update(table, frozenset(values)), params)
+    if res.rowcount != 1:
+        found = (
+            await conn.execute(select(table.c.generation).where(table.c.id == row["id"]))
+        ).scalar_one_or_none()
+        log.warning(
+            "stale_write",
+            table=table.name,
+            id=row["id"],
+            expected_generation=expect,
+            found_generation=found,
+            columns=sorted(values),
+        )
+        raise StaleWrite(
+            f"{table.name} {row['id']}: read at generation {expect}, "
+            f"{'gone' if found is None else f'now at {found}'}; nothing written"
+        )
+    row["generation"] = expect + 1
 
 
-async def update_session(conn: Conn, session_id: str, **values: Any) -> None:
-    await _update(conn, sessions, session_id, values)
+async def update_session(conn: Conn, session: Row, **values: Any) -> None:
+    """Update a session read earlier (`session`, the row as read: its id and generation);
+    StaleWrite if another writer changed it since."""
+    await _update(conn, sessions, session, values)
 
 
 _GET_ALARM = select(alarms).where(alarms.c.id == bindparam("id"))
@@ -192,8 +240,52 @@ _OPEN_OF_DEVICE = (
 _OPEN_OF_DEVICE_KINDS = _OPEN_OF_DEVICE.where(alarms.c.kind.in_(bindparam("kinds", expanding=True)))
 
 
-async def update_alarm(conn: Conn, alarm_id: str, **values: Any) -> None:
-    await _update(conn, alarms, alarm_id, values)
+async def update_alarm(conn: Conn, alarm: Row, **values: Any) -> None:
+    """Update an alarm read earlier (`alarm`, the row as read: its id and generation);
+    StaleWrite if another writer changed it since (a late step runner cannot put an
+    acknowledged alarm back to escalating)."""
+    await _update(conn, alarms, alarm, values)
+
+
+def upsert(
+    conn: Conn,
+    table: Table,
+    *,
+    key: Sequence[str] = ("id",),
+    where: Any = None,
+) -> Insert:
+    """INSERT ... ON CONFLICT (key) DO UPDATE SET <every other column> = excluded.<column>
+    [WHERE where]: one statement, no delete-then-insert window for another writer. `where`
+    is a callable (table, excluded) -> condition, e.g. to keep the newer of two writes."""
+    cache_key = (conn.dialect_name, table.name, tuple(key), where)
+    stmt = _UPSERTS.get(cache_key)
+    if stmt is None:
+        ins = (postgresql.insert if conn.dialect_name == "postgresql" else sqlite.insert)(table)
+        cond: ColumnElement[bool] | None = where(table, ins.excluded) if where else None
+        stmt = _UPSERTS[cache_key] = ins.on_conflict_do_update(
+            index_elements=[table.c[k] for k in key],
+            set_={c.name: ins.excluded[c.name] for c in table.c if c.name not in key},
+            where=cond,
+        )
+    return stmt
+
+
+_UPSERTS: dict[tuple[Any, ...], Insert] = {}
+
+
+def _newer_last_seen(t: Table, excluded: Any) -> ColumnElement[bool]:
+    return t.c.last_seen <= excluded.last_seen  # type: ignore[no-any-return]
+
+
+async def upsert_devices(conn: Conn, rows: list[Row]) -> None:
+    """Store devices' last-seen state; a write never moves a device's last_seen backwards."""
+    if rows:
+        await conn.execute(upsert(conn, devices, where=_newer_last_seen), rows)
+
+
+async def upsert_assessments(conn: Conn, rows: list[Row]) -> None:
+    if rows:
+        await conn.execute(upsert(conn, assessments), rows)
 
 
 async def notified_people(conn: Conn, alarm_id: str) -> list[Row]:

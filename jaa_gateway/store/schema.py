@@ -73,6 +73,8 @@ sessions = Table(
     Column("active", Boolean, nullable=False, default=True),
     Column("ended_at", Float),
     Column("end_reason", String(32)),
+    # (migration 3) bumped by every update: each is a compare-and-set on it (queries.py)
+    Column("generation", Integer, nullable=False, default=0, server_default="0"),
 )
 Index("ix_sessions_active_person", sessions.c.active, sessions.c.person)
 
@@ -94,7 +96,8 @@ alarms = Table(
     Column("prealarm_until", Float),
     Column("escalation_started_at", Float),
     Column("chain", JSON),
-    # bumped on every state change that invalidates pending timers (OnCall's escalation id)
+    # bumped by every update, each a compare-and-set on it (queries.py): a writer that read
+    # the alarm before another changed it changes nothing
     Column("generation", Integer, nullable=False, default=0),
     Column("next_k", Integer, nullable=False, default=0),
     Column("next_due_at", Float),
@@ -149,6 +152,14 @@ assessments = Table(
     Column("source", String(16), nullable=False),  # config | api
     Column("updated_at", Float, nullable=False),
     Column("updated_by", String(100), nullable=False),
+)
+
+# (migration 3) the health probe's write: one row per node, overwritten (CONTRACT /healthz)
+health = Table(
+    "health",
+    metadata,
+    Column("node", String(64), primary_key=True),
+    Column("written_at", Float, nullable=False),
 )
 
 # Append-only: the store never updates or deletes audit rows.
