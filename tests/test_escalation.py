@@ -330,10 +330,18 @@ def test_chains_stored_before_late_resolution_still_read_and_resolve_late() -> N
     assert old.to_json()["steps"][0]["at_open"] == s.to_json()["steps"][0]["at_open"]
     # looked up when each step goes out, like a new alarm
     assert ids(resolve_step(CFG, old.steps[0], "ola", WED_NIGHT).targets) == ["guard-night"]
-    # without `named`, an entry the config lost falls back to everyone the step named at open
+    # without `named`, a lost roster or supervisor falls back to everyone the step named at
+    # open; a lost person:ID to that person
     got = resolve_step(_without("people", "ola"), old.steps[1], "ola", WED_NIGHT)
     assert got.missing == ("supervisor",)
     assert ids(got.targets) == ["guard-night", "guard-day", "kari"]
+    data = _old_row(s)
+    data["steps"][2]["spec"] = ["roster:security-desk", "person:head-security"]
+    data["steps"][2]["targets"].insert(0, s.steps[0].at_open[0].to_json())  # guard-day
+    old = ChainSnapshot.from_json(data)
+    got = resolve_step(_without("people", "head-security"), old.steps[2], "ola", WED_NIGHT)
+    assert got.missing == ("person:head-security",)
+    assert ids(got.targets) == ["guard-night", "head-security"]
 
 
 # DST nights: a roster whose handover is at 02:30, in the hour the clocks change

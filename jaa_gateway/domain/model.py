@@ -47,8 +47,7 @@ class StepSnapshot:
     `at_open` is everyone the entries named when the alarm opened, each once; `named[i]` the
     ids entry `spec[i]` named then. Neither is paged as such: who a step pages is looked up when
     it goes out; they are the fallback for an entry the config no longer knows. Alarms stored
-    before late resolution carry only `targets` (read here as `at_open`) and no `named`: then
-    the whole `at_open` is the fallback.
+    before late resolution carry only `targets` (read here as `at_open`) and no `named`.
     """
 
     after: dt.timedelta
@@ -77,10 +76,16 @@ class StepSnapshot:
                         raise ValueError(f"'named' names {pid!r}, who is not in 'at_open'")
 
     def fallback_ids(self, entry_index: int) -> tuple[str, ...]:
-        """Who to page for `spec[entry_index]` when the config no longer knows it."""
-        if self.named is None:
-            return tuple(t.person_id for t in self.at_open)
-        return self.named[entry_index]
+        """Who to page for `spec[entry_index]` when the config no longer knows it.
+
+        Without `named` (a chain stored before), a ``person:ID`` entry named that person; for a
+        roster or the supervisor there is no telling, so everyone the step named at open.
+        """
+        if self.named is not None:
+            return self.named[entry_index]
+        everyone = tuple(t.person_id for t in self.at_open)
+        kind, _, ref = self.spec[entry_index].partition(":")
+        return (ref,) if kind == "person" and ref in everyone else everyone
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
