@@ -313,6 +313,15 @@ def test_fallback_is_per_entry_the_old_shift_is_not_paged_for_a_missing_person()
     assert ids(got.targets) == ["guard-night", "kari"]
 
 
+def test_a_stored_entry_that_cannot_be_read_falls_back_instead_of_stopping_the_alarm() -> None:
+    data = snapshot_chain(CFG, guards(), "ola", WED_NIGHT).to_json()
+    data["steps"][2]["spec"] = ["everyone"]
+    step = ChainSnapshot.from_json(data).steps[2]
+    got = resolve_step(CFG, step, "ola", WED_NIGHT)
+    assert got.missing == ("everyone",)
+    assert [(pg.target.person_id, pg.fallback) for pg in got.pages] == [("head-security", True)]
+
+
 def _old_row(s: ChainSnapshot) -> dict[str, Any]:
     """The chain JSON of an alarm stored before late resolution: `targets`, no `named`."""
     data = s.to_json()

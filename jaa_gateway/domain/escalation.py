@@ -132,7 +132,10 @@ def resolve_step(
     missing: list[str] = []
     seen: set[str] = set()
     for i, entry in enumerate(step.spec):
-        ids = _entry_ids(cfg, entry, worker_id, now)
+        try:
+            ids = _entry_ids(cfg, entry, worker_id, now)
+        except ValueError:
+            ids = None  # a stored entry no version wrote: page who it named at open, audited
         fallback = ids is None
         if ids is None:
             missing.append(entry)
