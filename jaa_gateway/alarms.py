@@ -19,7 +19,7 @@ from sqlalchemy import and_, insert, update
 from jaa_gateway.adapters.scheduler import Deadlines
 from jaa_gateway.config import Config, Person
 from jaa_gateway.domain import escalation, texts
-from jaa_gateway.domain.model import ChainSnapshot
+from jaa_gateway.domain.model import ChainSnapshot, StepSnapshot
 from jaa_gateway.effects import Publisher, Tx
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.store import queries as q
@@ -196,6 +196,7 @@ class AlarmOps:
     ) -> dict[str, Any]:
         chain = self.cfg.chain(chain_id)
         assert chain is not None  # cross-checked in config
+        # the steps are frozen now; who they page is looked up as each goes out (_run_due_steps)
         snap = escalation.snapshot_chain(self.cfg, chain, person, tx.now)
         row: dict[str, Any] = {
             "id": "alm-" + secrets.token_hex(8),
@@ -348,6 +349,7 @@ class AlarmOps:
         assert loc is not None
         chain = self.cfg.chain(loc.escalation)
         assert chain is not None
+        # a notice is one SMS, now: nothing to freeze, the config says who is on duty now
         targets = escalation.resolve_targets(self.cfg, chain.steps[0].notify, None, tx.now)
         aid = "alm-" + secrets.token_hex(8)
         await tx.conn.execute(
@@ -390,6 +392,8 @@ class AlarmOps:
             targets=[t.person_id for t in targets],
         )
         log.warning("notice_raised", alarm=aid, kind=kind, location=location_id, door=door_id)
+        if not targets:
+            log.error("notice_without_targets", alarm=aid, kind=kind, location=location_id)
 
     # ------------------------------------------------------------------ escalation
 
@@ -433,12 +437,14 @@ class AlarmOps:
         next_k = int(a["next_k"])
         for p in steps:
             step = snap.steps[p.step_index]
+            # who is on duty is looked up now, as this step goes out (CONTRACT §4)
+            people = escalation.resolve_step(self.cfg, step, a["person"], tx.now)
             n = self.unwatched_now(a)
             sms = texts.alarm_sms(
                 lang, a["kind"], worker, where, a["code"], a["lat"], a["lon"], unwatched=n
             )
             voice = texts.alarm_voice(lang, a["kind"], worker, where, unwatched=n)
-            for t in step.targets:
+            for t in people.targets:
                 for ch in step.via:
                     await self.enqueue(
                         tx,
@@ -450,23 +456,7 @@ class AlarmOps:
                         channel=ch,
                         body=sms if ch == "sms" else voice,
                     )
-            await q.add_audit(
-                tx.conn,
-                tx.ts,
-                "escalation_step",
-                alarm=a["id"],
-                k=p.k,
-                run=p.run,
-                step=p.step_index,
-                keep_paging=p.is_keep_paging,
-                due_at=self.iso((start + p.offset).timestamp()),
-                targets=[t.person_id for t in step.targets],
-                via=list(step.via),
-            )
-            if not step.targets:
-                log.error(
-                    "escalation_step_without_targets", alarm=a["id"], k=p.k, step=p.step_index
-                )
+            await self._audit_step(tx, a, p, step, people, start)
             next_k = p.k + 1
             if next_k >= exhausted_at and not a["exhausted"]:
                 a["exhausted"] = True
@@ -479,6 +469,57 @@ class AlarmOps:
             tx.conn, a, next_k=next_k, next_due_at=a["next_due_at"], exhausted=a["exhausted"]
         )
         self._alarm_timer(tx, a)
+
+    async def _audit_step(
+        self,
+        tx: Tx,
+        a: dict[str, Any],
+        p: escalation.PlannedStep,
+        step: StepSnapshot,
+        people: escalation.StepPeople,
+        start: dt.datetime,
+    ) -> None:
+        """The timeline entry of one step: who was paged and which entry named each of them;
+        an entry the config no longer knows, and a step that reached nobody, are errors."""
+        await q.add_audit(
+            tx.conn,
+            tx.ts,
+            "escalation_step",
+            alarm=a["id"],
+            k=p.k,
+            run=p.run,
+            step=p.step_index,
+            keep_paging=p.is_keep_paging,
+            due_at=self.iso((start + p.offset).timestamp()),
+            targets=[t.person_id for t in people.targets],
+            paged=[pg.to_json() for pg in people.pages],
+            via=list(step.via),
+        )
+        for entry in people.missing:
+            fell_back = [pg.target.person_id for pg in people.pages if pg.source == entry]
+            await q.add_audit(
+                tx.conn,
+                tx.ts,
+                "escalation_target_missing",
+                alarm=a["id"],
+                k=p.k,
+                entry=entry,
+                fallback=fell_back,
+            )
+            log.error(
+                "escalation_target_missing", alarm=a["id"], k=p.k, entry=entry, fallback=fell_back
+            )
+        if not people.pages:
+            await q.add_audit(
+                tx.conn,
+                tx.ts,
+                "escalation_step_without_targets",
+                alarm=a["id"],
+                k=p.k,
+                step=p.step_index,
+                spec=list(step.spec),
+            )
+            log.error("escalation_step_without_targets", alarm=a["id"], k=p.k, step=p.step_index)
 
     async def alarm_deadline(self, tx: Tx, alarm_id: str) -> None:
         a = await q.get_alarm(tx.conn, alarm_id)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -259,3 +261,75 @@ async def test_broker_stopped_mid_escalation(
             await p2.publish(event_topic("jaa-0042"), {"id": eid, "type": "sos"})
             again = await wait_cmd(p2, "jaa-0042", "alarm_raised", lambda m: m.get("re") == eid)
             assert again["alarm"] == alarm_id
+
+
+async def test_an_alarm_stored_before_late_resolution_resumes_and_pages_who_is_on_duty(
+    tmp_path: Path, mosquitto: MosquittoBroker, twilio_double: TwilioDouble
+) -> None:
+    """An upgrade mid-escalation: the alarm's chain was stored by the previous version (each
+    step's people frozen as `targets`), and the config changed while the gateway was down (a
+    new guard on the roster, the head of security gone). The frozen steps go on; the roster is
+    read when the step goes out; the person the config no longer knows is paged on the number
+    frozen with the alarm, and that is audited."""
+
+    def chain(second: list[str]) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": "guards",
+                "repeat": 0,
+                "repeat_after": "1s",
+                "keep_paging": "0",
+                "steps": [
+                    {"after": "0s", "notify": ["roster:desk"], "via": ["sms"]},
+                    {"after": "3s", "notify": second, "via": ["sms"]},
+                ],
+            }
+        ]
+
+    def before(cfg: dict[str, Any]) -> None:
+        cfg["escalation_chains"] = chain(["roster:desk", "person:head-security"])
+
+    def after(cfg: dict[str, Any]) -> None:
+        cfg["rosters"][0]["shifts"][0]["people"] = ["guard-2"]
+        cfg["people"] = [x for x in cfg["people"] if x["id"] != "head-security"]
+        cfg["escalation_chains"] = chain(["roster:desk", "person:kari"])  # not for this alarm
+
+    async with site(tmp_path, mosquitto, twilio_double, before) as (_gw, p, _):
+        eid = new_id("sos")
+        await p.publish(event_topic("jaa-0042"), {"id": eid, "type": "sos"})
+        raised = await wait_cmd(p, "jaa-0042", "alarm_raised", lambda m: m.get("re") == eid)
+        alarm_id = raised["alarm"]
+        await twilio_double.wait_for(lambda d: len(to(d, "guard-1")) == 1, timeout=3)
+    # the previous version's shape: the people of each step frozen as `targets`
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        (chain_json, next_k) = db.execute(
+            "SELECT chain, next_k FROM alarms WHERE id = ?", (alarm_id,)
+        ).fetchone()
+        assert next_k == 1, "the gateway took more than 3 s to stop: step 1 already ran"
+        stored = json.loads(chain_json)
+        for step in stored["steps"]:
+            step["targets"] = step.pop("at_open")
+            del step["named"]
+        assert [[t["person_id"] for t in s["targets"]] for s in stored["steps"]] == [
+            ["guard-1"],
+            ["guard-1", "head-security"],
+        ]
+        db.execute("UPDATE alarms SET chain = ? WHERE id = ?", (json.dumps(stored), alarm_id))
+    async with site(tmp_path, mosquitto, twilio_double, after) as (gw, _p, _):
+        await twilio_double.wait_for(
+            lambda d: len(to(d, "guard-2")) == 1 and len(to(d, "head-security")) == 1, timeout=6
+        )
+        await asyncio.sleep(0.5)
+        assert len(to(twilio_double, "guard-1")) == 1  # step 0 only: they went home
+        assert to(twilio_double, "kari") == []  # the new chain does not rewrite this alarm
+        a = await get_alarm(gw, alarm_id)
+        step1 = [e["data"] for e in a["timeline"] if e["event"] == "escalation_step"][-1]
+        assert step1["k"] == 1
+        assert step1["paged"] == [
+            {"person": "guard-2", "from": "roster:desk", "fallback": False},
+            {"person": "head-security", "from": "person:head-security", "fallback": True},
+        ]
+        missing = [e["data"] for e in a["timeline"] if e["event"] == "escalation_target_missing"]
+        assert missing == [{"k": 1, "entry": "person:head-security", "fallback": ["head-security"]}]
+        status, body = await gw.client.api("POST", f"/api/alarms/{alarm_id}/ack", {"by": "kari"})
+        assert status == 200, body

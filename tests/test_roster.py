@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaa_gateway.config import Roster, Window
@@ -234,3 +234,70 @@ def test_contract_roster_gap_is_exactly_weekend_daytime(now: dt.datetime) -> Non
     local = now.astimezone(OSLO)
     weekend_day = local.weekday() >= 5 and dt.time(7) <= local.time() < dt.time(17)
     assert (on_duty(desk, OSLO, now) == []) is weekend_day
+
+
+# ----------------------------------------------------------------------- handovers, DST nights
+
+
+def _handovers(roster: Roster, start_utc: dt.datetime, hours: int) -> list[tuple[str, list[str]]]:
+    """Each change of who is on duty, minute by minute: (local time, people)."""
+    out: list[tuple[str, list[str]]] = []
+    for m in range(hours * 60):
+        now = start_utc + dt.timedelta(minutes=m)
+        people = on_duty(roster, OSLO, now)
+        if not out or out[-1][1] != people:
+            out.append((now.astimezone(OSLO).strftime("%a %H:%M%z"), people))
+    return out
+
+
+EVERY = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def test_handover_in_the_hour_that_never_happens_is_at_the_jump() -> None:
+    r = R(shift(EVERY, "20:00", "02:30", ["a"]), shift(EVERY, "02:30", "20:00", ["b"]))
+    assert _handovers(r, utc(2026, 3, 28, 12), 24) == [
+        ("Sat 13:00+0100", ["b"]),
+        ("Sat 20:00+0100", ["a"]),
+        ("Sun 03:00+0200", ["b"]),  # 02:30 never happens: at the jump from 02:00 CET
+    ]
+
+
+def test_handover_in_the_hour_that_happens_twice_is_once_the_first_time() -> None:
+    # the wall clock shows 02:00-02:29 a second time after the handover at the first 02:30: the
+    # guard who went home is not on duty again
+    r = R(shift(EVERY, "20:00", "02:30", ["a"]), shift(EVERY, "02:30", "20:00", ["b"]))
+    assert _handovers(r, utc(2026, 10, 24, 12), 24) == [
+        ("Sat 14:00+0200", ["b"]),
+        ("Sat 20:00+0200", ["a"]),
+        ("Sun 02:30+0200", ["b"]),
+    ]
+    assert on_duty(r, OSLO, oslo(2026, 10, 25, 2, 29, 59, fold=0)) == ["a"]
+    assert on_duty(r, OSLO, oslo(2026, 10, 25, 2, 0, 0, fold=1)) == ["b"]
+    assert on_duty(r, OSLO, oslo(2026, 10, 25, 2, 29, 59, fold=1)) == ["b"]
+
+
+def test_shift_starting_in_the_repeated_hour_starts_once() -> None:
+    r = R(shift(["sun"], "02:15", "02:45", ["x"]))
+    assert on_duty(r, OSLO, oslo(2026, 10, 25, 2, 14, 59)) == []
+    assert on_duty(r, OSLO, oslo(2026, 10, 25, 2, 15)) == ["x"]
+    assert on_duty(r, OSLO, oslo(2026, 10, 25, 2, 44, 59)) == ["x"]
+    assert on_duty(r, OSLO, oslo(2026, 10, 25, 2, 45)) == []
+    assert on_duty(r, OSLO, oslo(2026, 10, 25, 2, 20, fold=1)) == []  # over: not again
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=HHMM, b=HHMM, night=st.sampled_from([utc(2026, 3, 28, 12), utc(2026, 10, 24, 12)]))
+def test_two_complementary_shifts_never_hand_back_on_dst_nights(
+    a: str, b: str, night: dt.datetime
+) -> None:
+    if a == b:
+        return
+    r = R(shift(EVERY, a, b, ["x"]), shift(EVERY, b, a, ["y"]))
+    changes = _handovers(r, night, 24)
+    # somebody at every minute, never both; the wall clock covers 25 h of these 24 h on
+    # 29 March (a handover time may come round twice: at most 4 handovers) and 23 h on
+    # 25 October (each handover time once: at most 2; a guard back on duty in the repeated
+    # hour would make 4)
+    assert all(len(people) == 1 for _, people in changes)
+    most = 4 if night.month == 3 else 2
+    assert len(changes) - 1 <= most, changes

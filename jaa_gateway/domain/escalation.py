@@ -1,4 +1,10 @@
-"""Escalation: resolve a chain's targets, freeze it onto an alarm, and lay out its timetable.
+"""Escalation: freeze a chain onto an alarm, look up who each step pages, lay out the timetable.
+
+Steps are frozen when the alarm opens (`snapshot_chain`); people are resolved late, at the
+instant each step or keep-paging page goes out (`resolve_step`, CONTRACT §4): an escalation that
+runs across a shift change pages the new shift. A notify entry the config no longer knows (a
+roster or person removed, the worker gone) never pages nobody silently: it falls back to the
+people it named when the alarm opened, and the caller audits that and logs an error.
 
 The timetable numbers step runs k = 0, 1, 2, ... With n steps and `repeat` extra runs:
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from jaa_gateway.config import Chain, Config
 from jaa_gateway.domain.model import ChainSnapshot, StepSnapshot, Target
@@ -30,60 +37,147 @@ DUE_STEPS_CAP = 1000
 # --------------------------------------------------------------------------- targets
 
 
+def _entry_ids(
+    cfg: Config, entry: str, worker_id: str | None, now: dt.datetime
+) -> list[str] | None:
+    """The person ids one `notify` entry names at `now`; None when the config does not know
+    what the entry refers to (the roster, the person, or the worker for ``supervisor``).
+
+    ``roster:ID`` is whoever is on duty at `now` (nobody in a gap between shifts); ``person:ID``
+    that person; ``supervisor`` the worker's supervisor (nobody when there is no worker or the
+    worker has no supervisor).
+    """
+    kind, sep, ref = entry.partition(":")
+    if kind == "roster" and sep and ref:
+        roster = cfg.roster(ref)
+        return None if roster is None else on_duty(roster, cfg.tz, now)
+    if kind == "person" and sep and ref:
+        return None if cfg.person(ref) is None else [ref]
+    if entry == "supervisor":
+        if worker_id is None:
+            return []
+        worker = cfg.person(worker_id)
+        if worker is None:
+            return None
+        if worker.supervisor is None:
+            return []
+        return None if cfg.person(worker.supervisor) is None else [worker.supervisor]
+    raise ValueError(f"{entry!r} is not a target (roster:ID, person:ID or supervisor)")
+
+
+def _target(cfg: Config, pid: str) -> Target | None:
+    person = cfg.person(pid)
+    return None if person is None else Target(person.id, person.name, person.phone)
+
+
 def resolve_targets(
     cfg: Config, spec: Sequence[str], worker_id: str | None, now: dt.datetime
 ) -> tuple[Target, ...]:
-    """Who a step's `notify` entries name at `now`, each person once, in order.
+    """Who a step's `notify` entries name at `now` in the config, each person once, in order.
 
-    ``roster:ID`` is whoever is on duty at `now`; ``person:ID`` that person; ``supervisor`` the
-    worker's supervisor (nobody when there is no worker or no supervisor). An id the config does
-    not know resolves to nobody (config validation rejects such ids, so this is belt and braces).
+    An entry the config does not know names nobody here (config validation rejects such ids);
+    a running alarm resolves its frozen steps with `resolve_step` instead, which falls back.
     """
     require_aware(now)
-    ids: list[str] = []
-    for entry in spec:
-        kind, sep, ref = entry.partition(":")
-        if kind == "roster" and sep and ref:
-            roster = cfg.roster(ref)
-            if roster is not None:
-                ids.extend(on_duty(roster, cfg.tz, now))
-        elif kind == "person" and sep and ref:
-            ids.append(ref)
-        elif entry == "supervisor":
-            worker = cfg.person(worker_id) if worker_id is not None else None
-            if worker is not None and worker.supervisor is not None:
-                ids.append(worker.supervisor)
-        else:
-            raise ValueError(f"{entry!r} is not a target (roster:ID, person:ID or supervisor)")
     out: list[Target] = []
     seen: set[str] = set()
-    for pid in ids:
-        person = cfg.person(pid)
-        if person is None or pid in seen:
-            continue
-        seen.add(pid)
-        out.append(Target(person_id=person.id, name=person.name, phone=person.phone))
+    for entry in spec:
+        for pid in _entry_ids(cfg, entry, worker_id, now) or ():
+            t = _target(cfg, pid)
+            if t is not None and pid not in seen:
+                seen.add(pid)
+                out.append(t)
     return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One person a step pages: who, which notify entry named them, and whether that came
+    from the alarm's snapshot because the config no longer knows the entry."""
+
+    target: Target
+    source: str
+    fallback: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"person": self.target.person_id, "from": self.source, "fallback": self.fallback}
+
+
+@dataclass(frozen=True, slots=True)
+class StepPeople:
+    """Who one step pages at one instant; `missing` lists the entries that fell back."""
+
+    pages: tuple[Page, ...]
+    missing: tuple[str, ...]
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return tuple(p.target for p in self.pages)
+
+
+def resolve_step(
+    cfg: Config, step: StepSnapshot, worker_id: str | None, now: dt.datetime
+) -> StepPeople:
+    """Who a frozen step pages at `now`, each person once, in the order of its entries.
+
+    People and their phones come from the current config. For an entry the config no longer
+    knows, the people it named when the alarm opened are paged (their current phone when the
+    config still has them, else the one frozen with the alarm): a page to someone who may have
+    gone home beats a page to nobody. A step can still resolve to nobody (a roster gap, a worker
+    without a supervisor): the caller audits that and logs an error.
+    """
+    require_aware(now)
+    frozen = {t.person_id: t for t in step.at_open}
+    pages: list[Page] = []
+    missing: list[str] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(step.spec):
+        try:
+            ids = _entry_ids(cfg, entry, worker_id, now)
+        except ValueError:
+            ids = None  # a stored entry no version wrote: page who it named at open, audited
+        fallback = ids is None
+        if ids is None:
+            missing.append(entry)
+            ids = list(step.fallback_ids(i))
+        for pid in ids:
+            if pid in seen:
+                continue
+            t = _target(cfg, pid) or (frozen.get(pid) if fallback else None)
+            if t is None:
+                continue
+            seen.add(pid)
+            pages.append(Page(t, entry, fallback))
+    return StepPeople(tuple(pages), tuple(missing))
 
 
 def snapshot_chain(
     cfg: Config, chain: Chain, worker_id: str | None, now: dt.datetime
 ) -> ChainSnapshot:
-    """Freeze `chain` onto an alarm: every step's targets resolved at `now`."""
+    """Freeze `chain`'s steps onto an alarm, with the people each entry names at `now` kept
+    as the fallback (who is paged is looked up again when each step goes out)."""
+    require_aware(now)
+    steps: list[StepSnapshot] = []
+    for step in chain.steps:
+        named = tuple(
+            tuple(pid for pid in _entry_ids(cfg, e, worker_id, now) or () if cfg.person(pid))
+            for e in step.notify
+        )
+        steps.append(
+            StepSnapshot(
+                after=step.after,
+                via=tuple(step.via),
+                spec=tuple(step.notify),
+                at_open=resolve_targets(cfg, step.notify, worker_id, now),
+                named=named,
+            )
+        )
     return ChainSnapshot(
         chain_id=chain.id,
         repeat=chain.repeat,
         repeat_after=chain.repeat_after,
         keep_paging=chain.keep_paging,
-        steps=tuple(
-            StepSnapshot(
-                after=step.after,
-                via=tuple(step.via),
-                targets=resolve_targets(cfg, step.notify, worker_id, now),
-                spec=tuple(step.notify),
-            )
-            for step in chain.steps
-        ),
+        steps=tuple(steps),
     )
 
 

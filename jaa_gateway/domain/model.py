@@ -1,8 +1,11 @@
 """Value objects shared by the engine and the domain rules.
 
-`ChainSnapshot` is an escalation chain frozen onto an alarm with its targets already resolved
-(Grafana OnCall's escalation snapshot): editing the config or the roster while an alarm is
-running cannot derail it. It round-trips through JSON so the store can keep it with the alarm.
+`ChainSnapshot` is an escalation chain's steps frozen onto an alarm when it opens (Grafana
+OnCall's escalation snapshot): editing the config while an alarm is running cannot rewrite its
+timetable, channels or notify entries. Who those entries name (who is on duty for a roster, a
+person's phone) is looked up again when each step goes out (`escalation.resolve_step`); the
+people they named when the alarm opened are kept only as the fallback for an entry the config no
+longer knows. It round-trips through JSON so the store can keep it with the alarm.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ CHANNELS = ("sms", "call")
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A person to notify, with the name and number they had when the alarm opened."""
+    """A person to notify, with a name and a phone number."""
 
     person_id: str
     name: str
@@ -39,12 +42,19 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class StepSnapshot:
-    """One chain step: when (from the run's start), how, whom; `spec` keeps the raw notify list."""
+    """One chain step: when (from the run's start), how, and its raw `notify` entries (`spec`).
+
+    `at_open` is everyone the entries named when the alarm opened, each once; `named[i]` the
+    ids entry `spec[i]` named then. Neither is paged as such: who a step pages is looked up when
+    it goes out; they are the fallback for an entry the config no longer knows. Alarms stored
+    before late resolution carry only `targets` (read here as `at_open`) and no `named`.
+    """
 
     after: dt.timedelta
     via: tuple[str, ...]
-    targets: tuple[Target, ...]
     spec: tuple[str, ...]
+    at_open: tuple[Target, ...]
+    named: tuple[tuple[str, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.after < dt.timedelta(0):
@@ -54,23 +64,58 @@ class StepSnapshot:
         for ch in self.via:
             if ch not in CHANNELS:
                 raise ValueError(f"unknown channel {ch!r} (expected one of {CHANNELS})")
+        if self.named is not None:
+            if len(self.named) != len(self.spec):
+                raise ValueError(
+                    f"'named' has {len(self.named)} entries for {len(self.spec)} in 'spec'"
+                )
+            known = {t.person_id for t in self.at_open}
+            for ids in self.named:
+                for pid in ids:
+                    if pid not in known:
+                        raise ValueError(f"'named' names {pid!r}, who is not in 'at_open'")
+
+    def fallback_ids(self, entry_index: int) -> tuple[str, ...]:
+        """Who to page for `spec[entry_index]` when the config no longer knows it.
+
+        Without `named` (a chain stored before), a ``person:ID`` entry named that person; for a
+        roster or the supervisor there is no telling, so everyone the step named at open.
+        """
+        if self.named is not None:
+            return self.named[entry_index]
+        everyone = tuple(t.person_id for t in self.at_open)
+        kind, _, ref = self.spec[entry_index].partition(":")
+        return (ref,) if kind == "person" and ref in everyone else everyone
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "after": self.after.total_seconds(),
             "via": list(self.via),
-            "targets": [t.to_json() for t in self.targets],
             "spec": list(self.spec),
+            "at_open": [t.to_json() for t in self.at_open],
         }
+        if self.named is not None:
+            out["named"] = [list(ids) for ids in self.named]
+        return out
 
     @classmethod
     def from_json(cls, data: object) -> StepSnapshot:
+        """Both shapes: `at_open` + `named` (now), or `targets` (alarms stored before)."""
         d = _mapping(data, "step")
+        if "at_open" in d:
+            at_open = _list(d, "at_open", "step")
+            named: tuple[tuple[str, ...], ...] | None = tuple(
+                tuple(_strings(ids, "named", "step")) for ids in _list(d, "named", "step")
+            )
+        else:
+            at_open = _list(d, "targets", "step")
+            named = None
         return cls(
             after=_seconds(d, "after", "step"),
             via=tuple(_str_list(d, "via", "step")),
-            targets=tuple(Target.from_json(t) for t in _list(d, "targets", "step")),
             spec=tuple(_str_list(d, "spec", "step")),
+            at_open=tuple(Target.from_json(t) for t in at_open),
+            named=named,
         )
 
 
@@ -149,7 +194,12 @@ def _list(d: Mapping[str, Any], key: str, what: str) -> list[Any]:
 
 
 def _str_list(d: Mapping[str, Any], key: str, what: str) -> list[str]:
-    items = _list(d, key, what)
+    return _strings(_list(d, key, what), key, what)
+
+
+def _strings(items: object, key: str, what: str) -> list[str]:
+    if not isinstance(items, list):
+        raise ValueError(f"{what}: {key!r} must hold lists of strings, got {items!r}")
     for item in items:
         if not isinstance(item, str):
             raise ValueError(f"{what}: {key!r} must hold strings, got {item!r}")

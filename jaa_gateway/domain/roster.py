@@ -48,23 +48,41 @@ def _day_name(d: dt.date) -> str:
     return DAYS[d.weekday()]
 
 
+def _ambiguous(tz: ZoneInfo, day: dt.date, t: dt.time) -> bool:
+    """Whether wall time `t` on `day` happens twice (or never) in `tz`."""
+    d = dt.datetime.combine(day, t, tzinfo=tz)
+    return d.utcoffset() != d.replace(fold=1).utcoffset()
+
+
 def shift_covers(shift: Shift, tz: ZoneInfo, now: dt.datetime) -> bool:
     """True when `now` falls in one of the shift's occurrences.
 
     An occurrence belongs to the day it starts: a "fri" 17:00-07:00 shift covers Friday 17:00 to
     Saturday 07:00. start == end is a whole day: from start on a listed day to the same wall time
     the next day.
+
+    A handover is one instant. When the clocks go back and a start or end falls in the hour that
+    happens twice, it is the first time that hour comes round: the guard who handed over at the
+    first 02:30 is not on duty again when the wall clock shows 02:00-02:29 a second time. (A
+    handover at a wall time that never happens, when the clocks go forward, is at the jump.)
     """
+    require_aware(now)
+    local = now.astimezone(tz)
     today, t = _wall(tz, now)
+    second_pass = local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
+
+    def reached(b: dt.time) -> bool:
+        return t >= b or (second_pass and _ambiguous(tz, today, b))
+
     days = set(shift.days)
     started_today = _day_name(today) in days
     started_yesterday = _day_name(today - dt.timedelta(days=1)) in days
     start, end = shift.start, shift.end
     if start < end:
-        return started_today and start <= t < end
+        return started_today and reached(start) and not reached(end)
     if start > end:
-        return (started_today and t >= start) or (started_yesterday and t < end)
-    return (started_today and t >= start) or (started_yesterday and t < start)
+        return (started_today and reached(start)) or (started_yesterday and not reached(end))
+    return (started_today and reached(start)) or (started_yesterday and not reached(start))
 
 
 def on_duty(roster: Roster, tz: ZoneInfo, now: dt.datetime) -> list[str]:

@@ -541,7 +541,11 @@ def _check_escalation(
             continue
         due = start + plan[0]
         step = chain["steps"][plan[1]]
-        expected = {(t["person_id"], ch) for t in step["targets"] for ch in step["via"]}
+        # people are looked up as each step goes out; this site's roster is one all-day shift
+        # and its config never changes, so that is who the step named at open ("targets" in
+        # chains stored before late resolution)
+        at_open = step["at_open"] if "at_open" in step else step["targets"]
+        expected = {(t["person_id"], ch) for t in at_open for ch in step["via"]}
         pairs = [(r["person"], r["channel"]) for r in step_rows[(aid, k)]]
         if len(pairs) != len(set(pairs)) or set(pairs) != expected:
             bad(f"alarm {aid} k={k}: rows {sorted(pairs)}, expected {sorted(expected)}")
