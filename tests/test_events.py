@@ -10,13 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaa_gateway.adapters.events import (
-    MAX_PAYLOAD_BYTES,
-    DeviceEvent,
-    DoorEvent,
-    Rejected,
-    parse_message,
-)
+from jaa_gateway.adapters.events import MAX_PAYLOAD_BYTES, Rejected, parse_message
+from jaa_gateway.domain.events import DeviceEvent, DoorEvent
 
 NOW = dt.datetime(2026, 3, 29, 0, 30, tzinfo=dt.UTC)
 DEV = "jaa/device/jaa-0042/event"

@@ -1,7 +1,8 @@
 """Inbound MQTT messages -> typed, frozen events (CONTRACT §3).
 
 Everything a device or door reader sends is untrusted: this module is the only place that looks
-at raw topics and payloads. It either returns a `DeviceEvent` / `DoorEvent` or raises `Rejected`
+at raw topics and payloads. It either returns a core `DeviceEvent` / `DoorEvent`
+(`jaa_gateway/domain/events.py`) or raises `Rejected`
 with one of a few stable reason codes (they label `jaa_rejected_messages_total`). Nothing else
 may escape, whatever the bytes: the daemon must survive any input (CONTRACT §7.3).
 """
@@ -12,8 +13,14 @@ import datetime as dt
 import json
 import math
 import re
-from dataclasses import dataclass
-from typing import Any, Final, Literal, NoReturn, get_args
+from typing import Any, Final, Literal, NoReturn
+
+from jaa_gateway.domain.events import (
+    DEVICE_EVENT_TYPES,
+    DOOR_EVENT_TYPES,
+    DeviceEvent,
+    DoorEvent,
+)
 
 MAX_PAYLOAD_BYTES: Final = 4096
 MAX_MESSAGE_ID_CHARS: Final = 128
@@ -21,22 +28,6 @@ MAX_MESSAGE_ID_CHARS: Final = 128
 RejectReason = Literal[
     "bad_topic", "too_large", "bad_json", "not_object", "bad_field", "unknown_type"
 ]
-DeviceEventType = Literal[
-    "heartbeat",
-    "session_start",
-    "session_end",
-    "checkin",
-    "sos",
-    "man_down",
-    "cancel",
-    "low_battery",
-]
-DoorEventType = Literal["badge", "open", "closed"]
-BadgeAction = Literal["start", "end"]
-
-DEVICE_EVENT_TYPES: Final[frozenset[str]] = frozenset(get_args(DeviceEventType))
-DOOR_EVENT_TYPES: Final[frozenset[str]] = frozenset(get_args(DoorEventType))
-
 # Same shape as config ids, so a topic id can be looked up in the config without surprises.
 _ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 # RFC 3339 date-time; [0-9] rather than \d, which would also accept non-ASCII digits.
@@ -53,32 +44,6 @@ class Rejected(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason: RejectReason = reason
         self.detail = detail
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeviceEvent:
-    device_id: str
-    id: str
-    type: DeviceEventType
-    ts: dt.datetime | None
-    received_at: dt.datetime
-    location: str | None = None
-    planned_minutes: int | None = None
-    battery: float | None = None
-    lat: float | None = None
-    lon: float | None = None
-    alarm: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DoorEvent:
-    door_id: str
-    id: str
-    type: DoorEventType
-    ts: dt.datetime | None
-    received_at: dt.datetime
-    badge: str | None = None
-    action: BadgeAction | None = None
 
 
 def is_valid_id(value: str) -> bool:
