@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy import and_, insert, update
 
-from jaa_gateway.adapters.scheduler import Deadlines
 from jaa_gateway.config import Config, Person
+from jaa_gateway.deadlines import Deadlines
 from jaa_gateway.domain import escalation, texts
 from jaa_gateway.domain.model import ChainSnapshot, StepSnapshot
 from jaa_gateway.effects import Publisher, Tx
@@ -29,7 +29,7 @@ from jaa_gateway.store.schema import alarms, notifications
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
-    from jaa_gateway.adapters.events import DeviceEvent
+    from jaa_gateway.domain.events import DeviceEvent
 
 log = structlog.get_logger("jaa_gateway.alarms")
 

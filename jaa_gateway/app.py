@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from jaa_gateway.adapters.events import DeviceEvent, DoorEvent
 from jaa_gateway.adapters.http import Health, HttpApi
 from jaa_gateway.adapters.mqtt import MqttEdge
-from jaa_gateway.adapters.scheduler import Deadlines, housekeeping_scheduler
+from jaa_gateway.adapters.scheduler import housekeeping_scheduler
 from jaa_gateway.aio import within
 from jaa_gateway.config import Config
+from jaa_gateway.deadlines import Deadlines
+from jaa_gateway.domain.events import DeviceEvent, DoorEvent
 from jaa_gateway.engine import Engine
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.notify import make_notifier

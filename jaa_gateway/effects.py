@@ -7,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from jaa_gateway.adapters.scheduler import Key
+from jaa_gateway.deadlines import Key
 from jaa_gateway.store.db import Conn
 
 

@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 import structlog
 from sqlalchemy import delete, insert, select, update
 
-from jaa_gateway.adapters.events import DeviceEvent, DoorEvent
-from jaa_gateway.adapters.scheduler import Deadlines, Key
 from jaa_gateway.alarms import AlarmOps
 from jaa_gateway.config import Assessment, Config, Person
+from jaa_gateway.deadlines import Deadlines, Key
 from jaa_gateway.domain import gate, roster, texts
+from jaa_gateway.domain.events import DeviceEvent, DoorEvent
 from jaa_gateway.effects import Publisher, Tx
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.poison import RepeatFailures

@@ -11,8 +11,8 @@ import asyncio
 
 import pytest
 
-from jaa_gateway.adapters.scheduler import Deadlines
 from jaa_gateway.aio import wait_event, within
+from jaa_gateway.deadlines import Deadlines
 
 
 async def test_wait_event_reports_set_and_timeout() -> None:

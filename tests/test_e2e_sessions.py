@@ -746,7 +746,7 @@ async def test_routine_events_queued_together_share_one_commit_and_fail_alone(
     from sqlalchemy import event as sa_event
 
     from jaa_gateway import engine as engine_mod
-    from jaa_gateway.adapters.events import DeviceEvent
+    from jaa_gateway.domain.events import DeviceEvent
 
     t0 = dt.datetime.now(dt.UTC)
     async with running_gateway(cfg) as gw, probe(mosquitto.port, "jaa/#") as p:

@@ -10,13 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaa_gateway.adapters.events import (
-    MAX_PAYLOAD_BYTES,
-    DeviceEvent,
-    DoorEvent,
-    Rejected,
-    parse_message,
-)
+from jaa_gateway.adapters.events import MAX_PAYLOAD_BYTES, Rejected, parse_message
+from jaa_gateway.domain.events import DEVICE_EVENT_TYPES, DOOR_EVENT_TYPES, DeviceEvent, DoorEvent
 
 NOW = dt.datetime(2026, 3, 29, 0, 30, tzinfo=dt.UTC)
 DEV = "jaa/device/jaa-0042/event"
@@ -283,6 +278,92 @@ def test_bad_field_door(payload: dict[str, Any]) -> None:
 )
 def test_unknown_type_for_the_topic(topic: str, etype: str) -> None:
     assert rejected(topic, {"id": "1", "type": etype, "badge": "b"}).reason == "unknown_type"
+
+
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        ({"type": "checkin"}, "id is missing or is not a string or an integer"),
+        ({"id": 1.5, "type": "checkin"}, "id is missing or is not a string or an integer"),
+        ({"id": "", "type": "checkin"}, "id must be 1..128 printable characters"),
+        ({"id": "1"}, "type is missing or not a string"),
+        ({"id": "1", "type": ["sos"]}, "type is missing or not a string"),
+        ({"id": "1", "type": "checkin", "ts": "2026-03-29"}, "ts must be an RFC 3339 date-time"),
+        ({"id": "1", "type": "checkin", "ts": "2026-02-30T00:00:00Z"}, "ts is not a valid date"),
+        ({"id": "1", "type": "session_start"}, "session_start needs a location"),
+        ({"id": "1", "type": "session_start", "location": None}, "session_start needs a location"),
+        ({"id": "1", "type": "session_start", "location": "a/b"}, "location must be an id"),
+        (
+            {"id": "1", "type": "session_start", "location": "d", "planned_minutes": 30.0},
+            "planned_minutes must be an integer within [1, 1440]",
+        ),
+        ({"id": "1", "type": "heartbeat", "battery": 140}, "battery must be within [0, 100]"),
+        ({"id": "1", "type": "heartbeat", "battery": "80"}, "battery must be a number"),
+        ({"id": "1", "type": "heartbeat", "lat": 10**400, "lon": 0}, "lat must be within"),
+        ({"id": "1", "type": "heartbeat", "lat": 10}, "lat and lon must be given together"),
+        ({"id": "1", "type": "low_battery"}, "low_battery needs a battery level"),
+        ({"id": "1", "type": "cancel", "alarm": ""}, "alarm must be 1..128 printable characters"),
+        # several faults: the first in the order the fields are checked is named
+        ({"id": "", "type": "reboot"}, "id must be 1..128 printable characters"),
+        ({"id": "1", "type": "session_start", "battery": -1}, "battery must be within"),
+        ({"id": "1", "type": "sos", "lat": 1, "alarm": ""}, "lat and lon must be given together"),
+    ],
+)
+def test_bad_field_names_the_field_and_the_rule(payload: dict[str, Any], detail: str) -> None:
+    r = rejected(DEV, payload)
+    assert r.reason == "bad_field" and r.detail.startswith(detail), r.detail
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "detail"),
+    [
+        (DOOR, {"id": "1", "type": "badge"}, "a badge event needs a badge"),
+        (DOOR, {"id": "1", "type": "badge", "badge": "x" * 65}, "badge must be 1..64 printable"),
+        (DOOR, {"id": "1", "type": "open", "action": "toggle"}, "action must be start or end"),
+    ],
+)
+def test_bad_door_field_names_the_field(topic: str, payload: dict[str, Any], detail: str) -> None:
+    r = rejected(topic, payload)
+    assert r.reason == "bad_field" and r.detail.startswith(detail), r.detail
+
+
+def test_every_event_type_of_the_core_is_parsed_on_its_own_topic_only() -> None:
+    # the parser's lists of types and the core's (domain/events.py) are the same lists
+    fields = {"location": "d1", "battery": 50, "badge": "04A1"}
+    for etype in DEVICE_EVENT_TYPES:
+        assert parse(DEV, {"id": "1", "type": etype, **fields}).type == etype
+        assert rejected(DOOR, {"id": "1", "type": etype, **fields}).reason == "unknown_type"
+    for etype in DOOR_EVENT_TYPES:
+        assert parse(DOOR, {"id": "1", "type": etype, **fields}).type == etype
+        assert rejected(DEV, {"id": "1", "type": etype, **fields}).reason == "unknown_type"
+
+
+# JSON that pydantic's own parser reads differently from Python's `json`: the answer is json's.
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"id": "1", "type": "checkin", "pad": "\\ud800"}',  # a lone surrogate, ignored
+        b'{"id": "1", "type": "checkin", "\\udfff": 1}',
+        b'{"id": "1", "type": "checkin", "pad": ' + b"[" * 500 + b"]" * 500 + b"}",
+        b'{"id": "1", "type": "checkin", "pad": "NaN Infinity"}',  # only words in a string
+        b'{"id": "1", "type": "reboot", "type": "checkin"}',  # the last key wins
+    ],
+)
+def test_json_accepted_as_python_reads_it(raw: bytes) -> None:
+    ev = parse(DEV, raw)
+    assert isinstance(ev, DeviceEvent) and (ev.id, ev.type) == ("1", "checkin")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"id": "1", "type": "checkin", "pad": NaN}',  # not JSON, even where it is ignored
+        b'{"id": "1", "type": "checkin", "pad": [-Infinity]}',
+        b'{"id": "1", "type": "checkin", "pad": "\xff"}',
+    ],
+)
+def test_not_json_even_in_an_ignored_key(raw: bytes) -> None:
+    assert rejected(DEV, raw).reason == "bad_json"
 
 
 def test_naive_received_at_is_a_programming_error() -> None:

@@ -19,9 +19,9 @@ import aiomqtt
 import pytest
 from pydantic import SecretStr
 
-from jaa_gateway.adapters.events import DeviceEvent, DoorEvent
 from jaa_gateway.adapters.mqtt import MAX_IN_FLIGHT, MqttEdge, backoff_delay
 from jaa_gateway.config import MqttSection
+from jaa_gateway.domain.events import DeviceEvent, DoorEvent
 from jaa_gateway.metrics import Metrics
 from tests.support.broker import MosquittoBroker, MqttProbe, free_port, probe
 

@@ -34,9 +34,10 @@ from typing import Any, Final
 import aiomqtt
 import structlog
 
-from jaa_gateway.adapters.events import DeviceEvent, DoorEvent, Rejected, is_valid_id, parse_message
+from jaa_gateway.adapters.events import Rejected, is_valid_id, parse_message
 from jaa_gateway.aio import wait_event, within
 from jaa_gateway.config import MqttSection
+from jaa_gateway.domain.events import DeviceEvent, DoorEvent
 from jaa_gateway.metrics import Metrics
 
 log = structlog.get_logger("jaa_gateway.mqtt")
