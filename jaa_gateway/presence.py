@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 from sqlalchemy import and_, select
 
-from jaa_gateway.adapters.scheduler import Deadlines, Key
+from jaa_gateway.deadlines import Deadlines, Key
 from jaa_gateway.domain import presence as rule
 from jaa_gateway.effects import Tx
 from jaa_gateway.store import queries as q
