@@ -291,6 +291,11 @@ class Outbox:
             # built here, so that a document that cannot be built counts as a failed attempt
             # of these rows (bounded by POISON_TRIES) and never escapes into the task group
             twiml = call_document(group, more, self.cfg.gateway.language, self.cfg.http.public_url)
+            # the pace counts from the request, not the claim: a claim that waited (a busy
+            # loop, the send window) must not bring the next call closer than call_spacing
+            spacing = self.cfg.notify.call_spacing.total_seconds()
+            ok_at = self.clock().timestamp() + spacing
+            self._call_ok_at[phone] = max(self._call_ok_at.get(phone, 0.0), ok_at)
             return await self.notifier.place_call(phone, twiml, status_callback=self.status_url)
 
         await self._attempt(group, "call", send)
