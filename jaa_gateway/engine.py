@@ -98,12 +98,27 @@ class Engine(AlarmOps):
         # deadlines given up on (key -> why): the self-watch reports them as degraded
         self.abandoned_deadlines: dict[Key, str] = {}
         # which sessions' devices are watched, and what a lapsed watch means (CONTRACT §4)
-        self.presence = Presence(
-            deadlines,
+        self.presence = self._new_presence()
+
+    def _new_presence(self) -> Presence:
+        return Presence(
+            self.deadlines,
             timeout=lambda: self.cfg.timing.device_timeout.total_seconds(),
             last_seen=lambda d: st.last_seen if (st := self.devices.get(d)) else None,
             raise_contact_lost=self.raise_contact_lost,
         )
+
+    def forget(self) -> None:
+        """Hot standby (cluster.py): a node that steps down drops what it knew as leader;
+        `start()` rebuilds it all from the store if it leads again."""
+        self.deadlines.clear()
+        self.devices.clear()
+        self._dirty_devices.clear()
+        self._recent_heartbeats.clear()
+        self._last_notice.clear()
+        self.abandoned_deadlines.clear()
+        self._deadline_failures = RepeatFailures()
+        self.presence = self._new_presence()
 
     # ------------------------------------------------------------------ plumbing
 

@@ -78,6 +78,9 @@ class Outbox:
         self.last_success: float | None = None
         self.last_failure: float | None = None
         self.failing_since: float | None = None
+        # hot standby (CONTRACT §8): asked right before each provider request; a node that is
+        # not (or no longer surely) the leader sends nothing (App sets it when clustered)
+        self.may_act: Callable[[], bool] = lambda: True
 
     def wake(self) -> None:
         self._wake.set()
@@ -317,6 +320,11 @@ class Outbox:
 
     async def _attempt(self, rows: list[dict[str, Any]], channel: str, send: Any) -> None:
         ids = [r["id"] for r in rows]
+        if not self.may_act():
+            # the rows stay claimed ('sending'): the leader that took over requeues them
+            log.warning("outbox_send_withheld_not_leader", notifications=ids, channel=channel)
+            self._in_flight.difference_update(ids)
+            return
         t0 = asyncio.get_running_loop().time()
         result: SendResult | None = None
         error: TransportError | None = None
@@ -456,6 +464,14 @@ class Outbox:
                 status=error.status,
                 code=error.code,
             )
+
+    def forget(self) -> None:
+        """Hot standby: after stepping down, what this node held in memory as leader goes;
+        the next leader (this node again, maybe) starts from the store (`recover`)."""
+        self._direct.clear()
+        self._in_flight.clear()
+        self._stopped.clear()
+        self._call_ok_at.clear()
 
     async def reset_after_crash(self) -> None:
         """Before the supervisor restarts a crashed sender: its send tasks died with it, so the

@@ -50,6 +50,8 @@ class Health:
     extra: Callable[[], list[str]] = lambda: []
     # not failures, but what an operator must know (e.g. the console notifier pages nobody)
     warnings: Callable[[], list[str]] = lambda: []
+    # more fields for the answer (hot standby: `role` and `leader`, CONTRACT §8)
+    fields: Callable[[], dict[str, Any]] = lambda: {}
 
 
 def _error(status: int, code: str, detail: str) -> web.Response:
@@ -187,6 +189,7 @@ class HttpApi:
                 "warnings": self.health.warnings(),
                 "notify_driver": self.cfg.notify.driver,
                 "loop_lag_s": round(lag, 4),
+                **self.health.fields(),
             },
             status=status,
         )

@@ -142,8 +142,17 @@ class MqttEdge:
         on_state: Callable[[bool], None] | None = None,
         clock: Callable[[], dt.datetime] = _utc_now,
         buffer_limit: int = BUFFER_LIMIT,
+        node: str | None = None,
+        may_connect: Callable[[], bool] = lambda: True,
     ) -> None:
         self._section = section
+        # hot standby (CONTRACT §8): only the leader connects with the client id, and the
+        # status names the node; a gateway alone passes neither
+        self._may_connect = may_connect
+        self._online = ONLINE if node is None else encode_payload({"state": "online", "node": node})
+        self._offline = (
+            OFFLINE if node is None else encode_payload({"state": "offline", "node": node})
+        )
         self._metrics = metrics
         self._on_event = on_event
         self._on_connect = on_connect
@@ -232,6 +241,10 @@ class MqttEdge:
         attempt = 0
         try:
             while not self._stopping.is_set():
+                if not self._may_connect():
+                    # not the leader (any more): never take the persistent session
+                    await wait_event(self._stopping, 0.1)
+                    continue
                 began = loop.time()
                 connected_once = False
                 # except*: a connection runs in a TaskGroup, which wraps what it raises.
@@ -276,6 +289,17 @@ class MqttEdge:
         except TimeoutError:
             log.error("mqtt_stop_timeout", timeout_s=STOP_TIMEOUT)
 
+    def forget(self) -> None:
+        """Hot standby: after stepping down (run() cancelled), drop what was queued as leader,
+        so that a later term does not publish stale answers, and allow run() again."""
+        for item in self._buffer:
+            item.release()
+        self._buffer.clear()
+        self._live = 0
+        self._retained.clear()
+        self._flying.clear()
+        self._stopping.clear()
+
     # ------------------------------------------------------------------ connection
 
     def _make_client(self) -> aiomqtt.Client:
@@ -292,7 +316,7 @@ class MqttEdge:
             identifier=s.client_id,
             protocol=aiomqtt.ProtocolVersion.V311,
             clean_session=False,
-            will=aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True),
+            will=aiomqtt.Will(self.status_topic, self._offline, qos=1, retain=True),
             keepalive=KEEPALIVE,
             timeout=OP_TIMEOUT,
             tls_params=tls,
@@ -313,7 +337,7 @@ class MqttEdge:
                 async with client:  # returns only after a CONNACK that accepted us
                     accepted = True
                     self._metrics.mqtt_reconnects.inc()
-                    await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
+                    await client.publish(self.status_topic, self._online, qos=1, retain=True)
                     granted = await client.subscribe([(t, 1) for t in self.subscriptions])
                     if any(_refused(code) for code in granted):
                         raise aiomqtt.MqttError(f"subscription refused by the broker: {granted}")
@@ -338,7 +362,7 @@ class MqttEdge:
                         # A clean DISCONNECT discards the will, so say it ourselves.
                         with contextlib.suppress(aiomqtt.MqttError):
                             await client.publish(
-                                self.status_topic, OFFLINE, qos=1, retain=True, timeout=2.0
+                                self.status_topic, self._offline, qos=1, retain=True, timeout=2.0
                             )
                     log.info("mqtt_disconnecting", graceful=graceful)
                 # Disconnected. The reader hands what aiomqtt already acknowledged to the

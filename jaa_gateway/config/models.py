@@ -77,6 +77,20 @@ class GatewaySection(_Frozen):
         return v
 
 
+class ClusterSection(_Frozen):
+    """Several gateways on one PostgreSQL database, one leader by lease (CONTRACT §8)."""
+
+    node: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    lease: Duration = dt.timedelta(seconds=5)
+
+    @field_validator("lease")
+    @classmethod
+    def _lease(cls, v: dt.timedelta) -> dt.timedelta:
+        if not dt.timedelta(seconds=1) <= v <= dt.timedelta(seconds=60):
+            raise ValueError("lease must be between 1s and 60s")
+        return v
+
+
 class MqttSection(_Frozen):
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=1883, ge=1, le=65535)
@@ -301,6 +315,7 @@ class Config(_Frozen):
     rosters: list[Roster] = Field(default_factory=list)
     escalation_chains: list[Chain] = Field(default_factory=list)
     assessments: list[Assessment] = Field(default_factory=list)
+    cluster: ClusterSection | None = None
 
     @property
     def tz(self) -> ZoneInfo:
