@@ -35,6 +35,7 @@ from jaa_gateway.store import queries as q
 from jaa_gateway.store.db import describe_error
 from jaa_gateway.store.schema import alarms, audit, notifications
 from jaa_gateway.timeutil import parse_rfc3339
+from jaa_gateway.wire import api as api_wire
 
 log = structlog.get_logger("jaa_gateway.http")
 
@@ -240,7 +241,7 @@ class HttpApi:
             query = query.where(alarms.c.state == state)
         async with self.engine.store.tx() as conn:
             rows = [dict(r) for r in (await conn.execute(query)).mappings()]
-        return web.json_response({"alarms": [self.engine.alarm_public(a) for a in rows]})
+        return web.json_response({"alarms": [api_wire.alarm(a, self.cfg.tz) for a in rows]})
 
     async def get_alarm(self, request: web.Request, who: str) -> web.Response:
         aid = request.match_info["id"]
@@ -250,7 +251,7 @@ class HttpApi:
                 return _error(404, "not_found", f"No alarm {aid[:_ID_MAX]}.")
             tl = await q.alarm_timeline(conn, aid)
             notes = await q.alarm_notifications(conn, aid)
-        body = self.engine.alarm_public(a)
+        body = api_wire.alarm(a, self.cfg.tz)
         body["timeline"] = [self._audit_public(e) for e in tl]
         body["notifications"] = [
             {
@@ -307,7 +308,7 @@ class HttpApi:
         if not res.ok:
             status = 404 if res.error == "not_found" else 409
             return _error(status, res.error or "conflict", res.detail)
-        return web.json_response(self.engine.alarm_public(res.alarms[0]))
+        return web.json_response(api_wire.alarm(res.alarms[0], self.cfg.tz))
 
     async def resolve(self, request: web.Request, who: str) -> web.Response:
         aid = request.match_info["id"]
@@ -321,7 +322,7 @@ class HttpApi:
         if not res.ok:
             status = 404 if res.error == "not_found" else 409
             return _error(status, res.error or "conflict", res.detail)
-        return web.json_response(self.engine.alarm_public(res.alarms[0]))
+        return web.json_response(api_wire.alarm(res.alarms[0], self.cfg.tz))
 
     async def list_assessments(self, request: web.Request, who: str) -> web.Response:
         items = sorted(self.engine.assessments.values(), key=lambda a: a.id)

@@ -40,11 +40,10 @@ from jaa_gateway.backoff import backoff_delay
 from jaa_gateway.config import MqttSection
 from jaa_gateway.domain.events import DeviceEvent, DoorEvent
 from jaa_gateway.metrics import Metrics
+from jaa_gateway.wire.mqtt import gateway_status
 
 log = structlog.get_logger("jaa_gateway.mqtt")
 
-OFFLINE: Final = b'{"state":"offline"}'
-ONLINE: Final = b'{"state":"online"}'
 
 BUFFER_LIMIT: Final = 10_000
 # QoS 1 publishes awaiting their PUBACK. Answers go out at this window per round trip: 8 (under
@@ -100,6 +99,10 @@ def encode_payload(payload: dict[str, Any] | bytes | None) -> bytes:
     return json.dumps(
         payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
     ).encode("utf-8")
+
+
+OFFLINE: Final = encode_payload(gateway_status("offline"))
+ONLINE: Final = encode_payload(gateway_status("online"))
 
 
 def reconnect_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
