@@ -30,6 +30,7 @@ from jaa_gateway.outbox import Outbox
 from jaa_gateway.selfwatch import SelfWatch
 from jaa_gateway.store.db import Store
 from jaa_gateway.supervise import Supervisor
+from jaa_gateway.views import Views
 
 log = structlog.get_logger("jaa_gateway.app")
 
@@ -117,7 +118,10 @@ class App:
         )
         self.loop_lag = 0.0
         self.http = HttpApi(
+            cfg,
             self.engine,
+            Views(self.store),
+            self.metrics.registry,
             Health(
                 mqtt_connected=lambda: self.mqtt.connected,
                 loop_lag=lambda: self.loop_lag,
