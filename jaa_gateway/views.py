@@ -8,6 +8,7 @@ service.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 from jaa_gateway.domain.replies import OpenAlarm
 from jaa_gateway.store import queries as q
 from jaa_gateway.store import reads
-from jaa_gateway.store.db import Store
+from jaa_gateway.store.db import Store, describe_error
 
 Row = dict[str, Any]
 # processed_events.sender of the webhooks' keys
@@ -37,9 +38,14 @@ class Views:
 
     # ------------------------------------------------------------------ reads
 
-    async def probe_write(self) -> None:
-        """Raises unless the database takes a write now (/healthz)."""
-        await self._store.probe_write()
+    async def database_problem(self, timeout: float) -> str | None:
+        """Why the database does not take a write now (/healthz), or None when it does."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._store.probe_write()
+        except Exception as exc:
+            return f"database: not writable ({describe_error(exc, 120)})"
+        return None
 
     async def active_sessions(self) -> list[Row]:
         async with self._store.tx() as conn:

@@ -24,7 +24,6 @@ from jaa_gateway.adapters.http_common import ID_MAX, MAX_BODY, AlarmDesk, error
 from jaa_gateway.adapters.twilio_webhooks import TwilioWebhooks
 from jaa_gateway.config import UNREADABLE_RE as _UNSTORABLE_RE
 from jaa_gateway.config import Config, ConfigError, parse_assessment
-from jaa_gateway.store.db import describe_error
 from jaa_gateway.timeutil import parse_rfc3339
 from jaa_gateway.views import Views
 from jaa_gateway.wire import api as api_wire
@@ -138,11 +137,8 @@ class HttpApi:
         problems: list[str] = []
         if not self.health.mqtt_connected():
             problems.append("mqtt: not connected to the broker")
-        try:
-            async with asyncio.timeout(2.0):
-                await self.views.probe_write()
-        except Exception as exc:
-            problems.append(f"database: not writable ({describe_error(exc, 120)})")
+        if (db := await self.views.database_problem(timeout=2.0)) is not None:
+            problems.append(db)
         lag = self.health.loop_lag()
         if lag > 1.0:
             problems.append(f"event loop: lagging {lag:.2f}s")

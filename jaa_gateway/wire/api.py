@@ -15,27 +15,61 @@ from jaa_gateway.timeutil import rfc3339
 Row = Mapping[str, Any]
 
 
+ALARM_FIELDS = (
+    "id",
+    "code",
+    "kind",
+    "state",
+    "person",
+    "location",
+    "session",
+    "device",
+    "lat",
+    "lon",
+    "opened_at",
+    "escalation_started_at",
+    "exhausted",
+    "acknowledged_by",
+    "acknowledged_at",
+    "resolved_at",
+    "note",
+)
+NOTIFICATION_FIELDS = (
+    "id",
+    "purpose",
+    "k",
+    "person",
+    "channel",
+    "state",
+    "attempts",
+    "sid",
+    "delivery_status",
+    "error",
+    "created_at",
+    "sent_at",
+)
+# stored as epoch seconds, shown as RFC 3339
+_TIMES = frozenset(
+    {
+        "opened_at",
+        "escalation_started_at",
+        "acknowledged_at",
+        "resolved_at",
+        "created_at",
+        "sent_at",
+    }
+)
+
+
+def _fields(row: Row, names: tuple[str, ...], tz: ZoneInfo) -> dict[str, Any]:
+    return {n: rfc3339(row[n], tz) if n in _TIMES else row[n] for n in names}
+
+
 def alarm(a: Row, tz: ZoneInfo) -> dict[str, Any]:
     """An alarm as `GET /api/alarms` lists it (and as its retained MQTT topic carries it)."""
-    return {
-        "id": a["id"],
-        "code": a["code"],
-        "kind": a["kind"],
-        "state": a["state"],
-        "person": a["person"],
-        "location": a["location"],
-        "session": a["session"],
-        "device": a["device"],
-        "lat": a["lat"],
-        "lon": a["lon"],
-        "opened_at": rfc3339(a["opened_at"], tz),
-        "escalation_started_at": rfc3339(a["escalation_started_at"], tz),
-        "exhausted": bool(a["exhausted"]),
-        "acknowledged_by": a["acknowledged_by"],
-        "acknowledged_at": rfc3339(a["acknowledged_at"], tz),
-        "resolved_at": rfc3339(a["resolved_at"], tz),
-        "note": a["note"],
-    }
+    body = _fields(a, ALARM_FIELDS, tz)
+    body["exhausted"] = bool(body["exhausted"])
+    return body
 
 
 def alarm_detail(
@@ -49,20 +83,7 @@ def alarm_detail(
 
 
 def notification(n: Row, tz: ZoneInfo) -> dict[str, Any]:
-    return {
-        "id": n["id"],
-        "purpose": n["purpose"],
-        "k": n["k"],
-        "person": n["person"],
-        "channel": n["channel"],
-        "state": n["state"],
-        "attempts": n["attempts"],
-        "sid": n["sid"],
-        "delivery_status": n["delivery_status"],
-        "error": n["error"],
-        "created_at": rfc3339(n["created_at"], tz),
-        "sent_at": rfc3339(n["sent_at"], tz),
-    }
+    return _fields(n, NOTIFICATION_FIELDS, tz)
 
 
 def session(s: Row, tz: ZoneInfo) -> dict[str, Any]:
