@@ -25,6 +25,7 @@ from jaa_gateway.metrics import Metrics
 from jaa_gateway.store import queries as q
 from jaa_gateway.store.db import Store
 from jaa_gateway.store.schema import alarms, notifications
+from jaa_gateway.wire import mqtt as mqtt_wire
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -110,50 +111,12 @@ class AlarmOps:
             tx.direct.append(row)
         tx.wake_outbox = True
 
-    # ------------------------------------------------------------------ shapes
-
-    def alarm_public(self, a: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "id": a["id"],
-            "code": a["code"],
-            "kind": a["kind"],
-            "state": a["state"],
-            "person": a["person"],
-            "location": a["location"],
-            "session": a["session"],
-            "device": a["device"],
-            "lat": a["lat"],
-            "lon": a["lon"],
-            "opened_at": self.iso(a["opened_at"]),
-            "escalation_started_at": self.iso(a["escalation_started_at"]),
-            "exhausted": bool(a["exhausted"]),
-            "acknowledged_by": a["acknowledged_by"],
-            "acknowledged_at": self.iso(a["acknowledged_at"]),
-            "resolved_at": self.iso(a["resolved_at"]),
-            "note": a["note"],
-        }
-
-    def alarm_state_msg(self, a: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
-        """The device command that tells the current state of an alarm."""
-        st = a["state"]
-        if st == "prealarm":
-            left = max(0.0, (a["prealarm_until"] or now.timestamp()) - now.timestamp())
-            return {
-                "type": "prealarm",
-                "alarm": a["id"],
-                "kind": a["kind"],
-                "cancel_within_s": round(left, 3),
-            }
-        if st == "escalating":
-            return {"type": "alarm_raised", "alarm": a["id"], "kind": a["kind"]}
-        if st in ("acknowledged", "resolved"):
-            return {"type": "alarm_acknowledged", "alarm": a["id"], "by": a["acknowledged_by"]}
-        return {"type": "alarm_cancelled", "alarm": a["id"]}
-
     def _publish_alarm(self, tx: Tx, a: dict[str, Any]) -> None:
         """Retained alarm topic while open; an empty retained message clears it."""
         if a["state"] in ("prealarm", "escalating", "acknowledged"):
-            tx.publish(self.alarm_topic(a["id"]), self.alarm_public(a), retain=True)
+            tx.publish(
+                self.alarm_topic(a["id"]), mqtt_wire.alarm_retained(a, self.cfg.tz), retain=True
+            )
         else:
             tx.publish(self.alarm_topic(a["id"]), None, retain=True)
 
@@ -274,7 +237,9 @@ class AlarmOps:
                 alarm=existing["id"],
                 kind=ev.type,
             )
-            self.to_device(tx, ev.device_id, self.alarm_state_msg(existing, tx.now) | {"re": ev.id})
+            self.to_device(
+                tx, ev.device_id, mqtt_wire.alarm_state(existing, tx.now) | {"re": ev.id}
+            )
             return str(existing["id"])
         s = await q.active_session_of(tx.conn, person.id)
         st = getattr(self, "devices", {}).get(ev.device_id)
@@ -298,7 +263,7 @@ class AlarmOps:
             prealarm=ev.type == "man_down",
         )
         # prealarm or alarm_raised, answering the event like every other answer (its "re")
-        self.to_device(tx, ev.device_id, self.alarm_state_msg(row, tx.now) | {"re": ev.id})
+        self.to_device(tx, ev.device_id, mqtt_wire.alarm_state(row, tx.now) | {"re": ev.id})
         return str(row["id"])
 
     async def raise_session_alarm(self, tx: Tx, s: dict[str, Any], kind: str) -> str:
@@ -317,7 +282,7 @@ class AlarmOps:
             chain_id=chain_id,
             prealarm=False,
         )
-        self.to_device(tx, s["device"], self.alarm_state_msg(row, tx.now))
+        self.to_device(tx, s["device"], mqtt_wire.alarm_state(row, tx.now))
         return str(row["id"])
 
     async def raise_contact_lost(self, tx: Tx) -> str:
@@ -530,7 +495,7 @@ class AlarmOps:
                 self._alarm_timer(tx, a)
                 return
             await self._start_escalation(tx, a)
-            self.to_device(tx, a["device"], self.alarm_state_msg(a, tx.now))
+            self.to_device(tx, a["device"], mqtt_wire.alarm_state(a, tx.now))
         elif a["state"] == "escalating":
             await self._run_due_steps(tx, a)
 
@@ -547,9 +512,7 @@ class AlarmOps:
             a = await q.open_alarm_of_device(tx.conn, ev.device_id)
         if a is None:
             await q.add_audit(tx.conn, tx.ts, "cancel_without_alarm", actor=ev.device_id)
-            self.to_device(
-                tx, ev.device_id, {"type": "alarm_cancelled", "alarm": None, "re": ev.id}
-            )
+            self.to_device(tx, ev.device_id, mqtt_wire.alarm_cancelled(None) | {"re": ev.id})
             return None
         if a["state"] == "prealarm":
             await q.update_alarm(
@@ -568,7 +531,7 @@ class AlarmOps:
             tx.after_commit.append(lambda: self.metrics.alarms_open.dec())
         elif a["state"] == "escalating":
             await self._worker_ok(tx, a, person)
-        self.to_device(tx, ev.device_id, self.alarm_state_msg(a, tx.now) | {"re": ev.id})
+        self.to_device(tx, ev.device_id, mqtt_wire.alarm_state(a, tx.now) | {"re": ev.id})
         return str(a["id"])
 
     async def worker_reports_ok(self, tx: Tx, device_id: str, kinds: tuple[str, ...]) -> None:
@@ -698,7 +661,7 @@ class AlarmOps:
                 log.info("alarm_acknowledged", alarm=aid, by=by, via=via)
                 tx.set_timer(("alarm", aid), None)
                 tx.after_commit.append(lambda aid=aid: self.on_alarm_stopped(aid))
-                self.to_device(tx, a["device"], self.alarm_state_msg(a, tx.now))
+                self.to_device(tx, a["device"], mqtt_wire.alarm_state(a, tx.now))
                 self._publish_alarm(tx, a)
                 done.append(a)
             return AckResult(True, alarms=tuple(done))

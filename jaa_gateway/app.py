@@ -34,6 +34,7 @@ from jaa_gateway.outbox import Outbox
 from jaa_gateway.selfwatch import SelfWatch
 from jaa_gateway.store.db import Store
 from jaa_gateway.supervise import Supervisor
+from jaa_gateway.views import Views
 
 log = structlog.get_logger("jaa_gateway.app")
 
@@ -135,7 +136,10 @@ class App:
         self.selfwatch.node = cl.node if cl is not None else None  # cluster hook
         self.loop_lag = 0.0
         self.http = HttpApi(
+            cfg,
             self.engine,
+            Views(self.store),
+            self.metrics.registry,
             Health(
                 # cluster hook: a standby is not connected to the broker, and that is healthy
                 mqtt_connected=lambda: self.mqtt.connected or not self.role.may_act(),

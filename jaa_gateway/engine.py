@@ -33,6 +33,7 @@ from jaa_gateway.store import queries as q
 from jaa_gateway.store.db import Store
 from jaa_gateway.store.schema import assessments, devices, processed_events, sessions
 from jaa_gateway.timeutil import from_ts, rfc3339, utcnow
+from jaa_gateway.wire import mqtt as mqtt_wire
 
 log = structlog.get_logger("jaa_gateway.engine")
 
@@ -407,11 +408,9 @@ class Engine(AlarmOps):
                 self.metrics.rejected.labels(reason="duplicate").inc()
                 await self._answer_again(tx, seen, ev.device_id, None, ev.id)
                 return
-            denial = {
-                "type": "session_denied",
-                "reason": "unknown_device",
-                "detail": f"Device {ev.device_id} is not registered with the gateway.",
-            }
+            denial = mqtt_wire.session_denied(
+                "unknown_device", f"Device {ev.device_id} is not registered with the gateway."
+            )
             await q.add_audit(
                 tx.conn,
                 tx.ts,
@@ -532,16 +531,16 @@ class Engine(AlarmOps):
             if s is not None:
                 session_device = s["device"]
                 msg = (
-                    self.session_started_msg(s)
+                    mqtt_wire.session_started(s, self.cfg.tz)
                     if s["active"]
-                    else {"type": "session_ended", "session": s["id"]}
+                    else mqtt_wire.session_ended(s["id"])
                 )
         elif ref and ref.startswith("alm-"):
             a = await q.get_alarm(tx.conn, ref)
             if a is not None:
-                msg = self.alarm_state_msg(a, tx.now)
+                msg = mqtt_wire.alarm_state(a, tx.now)
         elif seen["type"] == "cancel":
-            msg = {"type": "alarm_cancelled", "alarm": None}
+            msg = mqtt_wire.alarm_cancelled(None)
         if msg is None:
             return
         msg["re"] = event_id
@@ -552,15 +551,6 @@ class Engine(AlarmOps):
             self.to_device(tx, session_device, msg)
 
     # ------------------------------------------------------------------ sessions
-
-    def session_started_msg(self, s: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "type": "session_started",
-            "session": s["id"],
-            "location": s["location"],
-            "checkin_interval_s": s["checkin_interval_s"],
-            "ends_at": self.iso(s["ends_at"]),
-        }
 
     def _device_alive(self, device_id: str, now: dt.datetime) -> bool:
         st = self.devices.get(device_id)
@@ -598,7 +588,7 @@ class Engine(AlarmOps):
                             device=device_id,
                         )
                         self._session_timers(tx, active)
-                    msg = self.session_started_msg(active) | {"re": event_id}
+                    msg = mqtt_wire.session_started(active, self.cfg.tz) | {"re": event_id}
                     self.to_device(tx, device_id or active["device"], msg)
                     if door_id:
                         tx.publish(self.door_topic(door_id), msg)
@@ -685,7 +675,7 @@ class Engine(AlarmOps):
         )
         log.info("session_started", session=sid, person=person.id, location=location_id)
         self._session_timers(tx, row)
-        msg = self.session_started_msg(row) | {"re": event_id}
+        msg = mqtt_wire.session_started(row, self.cfg.tz) | {"re": event_id}
         self.to_device(tx, dev, msg)
         if door_id:
             tx.publish(self.door_topic(door_id), msg)
@@ -703,7 +693,7 @@ class Engine(AlarmOps):
         reason: str,
         detail: str,
     ) -> dict[str, Any]:
-        reply = {"type": "session_denied", "reason": reason, "detail": detail}
+        reply = mqtt_wire.session_denied(reason, detail)
         await q.add_audit(
             tx.conn,
             tx.ts,
@@ -765,13 +755,13 @@ class Engine(AlarmOps):
                 tx.conn, tx.ts, "session_end_ignored", actor=person.id, reason="no active session"
             )
             # answered all the same: a reader or device that repeats until answered must stop
-            nothing = {"type": "session_ended", "session": None, "re": event_id}
+            nothing = mqtt_wire.session_ended(None) | {"re": event_id}
             self.to_device(tx, device_id, nothing)
             if door_id:
                 tx.publish(self.door_topic(door_id), nothing)
             return None
         await self.end_session(tx, s, reason=reason, actor=person.id)
-        msg = {"type": "session_ended", "session": s["id"], "re": event_id}
+        msg = mqtt_wire.session_ended(s["id"]) | {"re": event_id}
         self.to_device(tx, s["device"] or device_id, msg)
         if door_id:
             tx.publish(self.door_topic(door_id), msg)
@@ -903,11 +893,7 @@ class Engine(AlarmOps):
             until = s["checkin_due_at"] + grace
             await q.update_session(tx.conn, s, checkin_state="due", checkin_grace_until=until)
             await q.add_audit(tx.conn, tx.ts, "checkin_due", session=s["id"], reason="checkin")
-            self.to_device(
-                tx,
-                s["device"],
-                {"type": "checkin_due", "session": s["id"], "reason": "checkin", "grace_s": grace},
-            )
+            self.to_device(tx, s["device"], mqtt_wire.checkin_due(s["id"], "checkin", grace))
             tx.set_timer(("checkin", s["id"]), until)
         elif s["checkin_state"] == "due":
             if s["checkin_grace_until"] is not None and s["checkin_grace_until"] > tx.ts + 0.001:
@@ -924,11 +910,7 @@ class Engine(AlarmOps):
                 return
             await q.update_session(tx.conn, s, overrun_state="due")
             await q.add_audit(tx.conn, tx.ts, "checkin_due", session=s["id"], reason="overrun")
-            self.to_device(
-                tx,
-                s["device"],
-                {"type": "checkin_due", "session": s["id"], "reason": "overrun", "grace_s": grace},
-            )
+            self.to_device(tx, s["device"], mqtt_wire.checkin_due(s["id"], "overrun", grace))
             tx.set_timer(("overrun", s["id"]), s["ends_at"] + grace)
         elif s["overrun_state"] == "due":
             if s["ends_at"] + grace > tx.ts + 0.001:

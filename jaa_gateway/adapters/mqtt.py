@@ -36,14 +36,14 @@ import structlog
 
 from jaa_gateway.adapters.events import Rejected, is_valid_id, parse_message
 from jaa_gateway.aio import wait_event, within
+from jaa_gateway.backoff import backoff_delay
 from jaa_gateway.config import MqttSection
 from jaa_gateway.domain.events import DeviceEvent, DoorEvent
 from jaa_gateway.metrics import Metrics
+from jaa_gateway.wire.mqtt import gateway_status
 
 log = structlog.get_logger("jaa_gateway.mqtt")
 
-OFFLINE: Final = b'{"state":"offline"}'
-ONLINE: Final = b'{"state":"online"}'
 
 BUFFER_LIMIT: Final = 10_000
 # QoS 1 publishes awaiting their PUBACK. Answers go out at this window per round trip: 8 (under
@@ -101,10 +101,14 @@ def encode_payload(payload: dict[str, Any] | bytes | None) -> bytes:
     ).encode("utf-8")
 
 
-def backoff_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with jitter in [d/2, d], d = min(cap, base * 2**attempt)."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 16))
-    return ceiling * (0.5 + 0.5 * rand())
+OFFLINE: Final = encode_payload(gateway_status("offline"))
+ONLINE: Final = encode_payload(gateway_status("online"))
+
+
+def reconnect_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """The pause before reconnect ``attempt`` (0 = the first): in [d/2, d],
+    d = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)."""
+    return backoff_delay(attempt + 1, base=BACKOFF_BASE, cap=BACKOFF_CAP, floor=0.5, rand=rand)
 
 
 @dataclass(eq=False)
@@ -267,7 +271,7 @@ class MqttEdge:
                     break
                 if connected_once and loop.time() - began >= STABLE_AFTER:
                     attempt = 0
-                delay = backoff_delay(attempt)
+                delay = reconnect_delay(attempt)
                 attempt += 1
                 log.info("mqtt_reconnect_wait", delay_s=round(delay, 3), attempt=attempt)
                 await wait_event(self._stopping, delay)
