@@ -54,6 +54,7 @@ class Feed:
         self._devices_due: float | None = None
         self._last_devices = -DEVICES_GAP_S
         self._last_board = 0.0
+        self._stale = False  # a change not yet in `frame`
         self.frame: Frame | None = None
         self._next = asyncio.Event()
         self.watchers = 0
@@ -65,6 +66,7 @@ class Feed:
             now = self._clock()
             self._devices_due = max(now, self._last_devices + DEVICES_GAP_S)
             return
+        self._stale = True
         self._dirty.set()
 
     def wake(self) -> None:
@@ -73,8 +75,9 @@ class Feed:
         waiter.set()
 
     async def current(self) -> Frame:
-        """The latest frame; the first caller renders one when there is none yet."""
-        if self.frame is None:
+        """The latest frame, rendered now when there is none or a change is not in it yet (a
+        page loaded right after an action shows the action's result)."""
+        if self.frame is None or self._stale:
             await self._render()
         assert self.frame is not None
         return self.frame
@@ -92,6 +95,7 @@ class Feed:
         return self.frame
 
     async def _render(self) -> None:
+        self._stale = False  # a change during the read marks it stale again
         board = await self._render_board()
         self.renders += 1
         self._publish(board, self._render_status())
