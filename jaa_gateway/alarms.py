@@ -666,7 +666,9 @@ class AlarmOps:
                 done.append(a)
             return AckResult(True, alarms=tuple(done))
 
-    async def resolve(self, alarm_id: str, *, by: str, note: str) -> AckResult:
+    async def resolve(
+        self, alarm_id: str, *, by: str, note: str, via: str | None = None
+    ) -> AckResult:
         async with self.unit() as tx:
             a = await q.get_alarm(tx.conn, alarm_id)
             if a is None or a["state"] == "notice":
@@ -682,7 +684,9 @@ class AlarmOps:
                 tx.conn, a, state="resolved", resolved_at=tx.ts, resolved_by=by, note=note
             )
             a.update(state="resolved", resolved_at=tx.ts, resolved_by=by, note=note)
-            await q.add_audit(tx.conn, tx.ts, "alarm_resolved", actor=by, alarm=alarm_id, note=note)
+            await q.add_audit(
+                tx.conn, tx.ts, "alarm_resolved", actor=by, alarm=alarm_id, note=note, via=via
+            )
             log.info("alarm_resolved", alarm=alarm_id, by=by)
             self._publish_alarm(tx, a)
             tx.after_commit.append(lambda: self.metrics.alarms_open.dec())

@@ -17,11 +17,13 @@ import structlog
 from aiohttp import web
 
 from jaa_gateway import lease
+from jaa_gateway.adapters.console import Console, DeskStatus
 from jaa_gateway.adapters.http import Health, HttpApi
 from jaa_gateway.adapters.leader_http import leader_middleware
 from jaa_gateway.adapters.mqtt import MqttEdge
 from jaa_gateway.adapters.scheduler import housekeeping_scheduler
 from jaa_gateway.aio import within
+from jaa_gateway.board import Board
 from jaa_gateway.cluster import Cluster, Role
 from jaa_gateway.config import Config
 from jaa_gateway.deadlines import Deadlines
@@ -135,10 +137,13 @@ class App:
         )
         self.selfwatch.node = cl.node if cl is not None else None  # cluster hook
         self.loop_lag = 0.0
+        # console hooks: sends and delivery statuses are told as committed units are
+        changes = self.engine.changes
+        self.outbox.recorded = lambda: changes.emit("notification")
         self.http = HttpApi(
             cfg,
             self.engine,
-            Views(self.store),
+            Views(self.store, delivered=lambda: changes.emit("delivery")),
             self.metrics.registry,
             Health(
                 # cluster hook: a standby is not connected to the broker, and that is healthy
@@ -155,6 +160,9 @@ class App:
                 ),
             ),
         )
+        # the guard console (CONTRACT §9), on the API's server
+        self.console = Console(cfg, self.engine, Board(self.store), changes, self._desk_status)
+        self.console.routes(self.http.app)
         self.cluster: Cluster | None = None
         if timing is not None:  # cluster hook: one middleware, keyed on method and path
             self.http.app.middlewares.append(leader_middleware(self.role))
@@ -171,6 +179,20 @@ class App:
         self.stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
+
+    def _desk_status(self) -> DeskStatus:
+        """The console's header, from memory."""
+        cl = self.cfg.cluster
+        return DeskStatus(
+            mqtt_connected=self.mqtt.connected or not self.role.may_act(),
+            degraded=[self.selfwatch.details.get(r, r) for r in self.selfwatch.reasons],
+            twilio_failing=self.outbox.failing_since is not None,
+            notify_driver=self.cfg.notify.driver,
+            clustered=cl is not None,
+            may_act=self.role.may_act(),
+            leader=self.role.leader,
+            node=cl.node if cl is not None else None,
+        )
 
     async def _enqueue(self, ev: DeviceEvent | DoorEvent) -> None:
         prio = 0 if ev.type in URGENT else 1
@@ -269,7 +291,8 @@ class App:
 
     async def _flush(self) -> None:
         try:
-            await self.engine.flush_devices()
+            if await self.engine.flush_devices():
+                self.engine.changes.emit("devices")
         except Exception:
             log.exception("device_flush_failed")
 
@@ -347,6 +370,7 @@ class App:
                 tasks: dict[str, Callable[[], Awaitable[None]]] = {
                     "loop-lag": self._lag_monitor,
                     "watchdog": self._watchdog,
+                    "console": self.console.feed.run,  # on every node: the console reads
                 }
                 if self.cluster is None:
                     tasks |= self._leader_tasks()

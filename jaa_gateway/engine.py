@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy import delete, insert, select, update
 
 from jaa_gateway.alarms import AlarmOps
+from jaa_gateway.changes import Changes
 from jaa_gateway.config import Assessment, Config, Person
 from jaa_gateway.deadlines import Deadlines, Key
 from jaa_gateway.domain import gate, roster, texts
@@ -100,6 +101,8 @@ class Engine(AlarmOps):
         self.abandoned_deadlines: dict[Key, str] = {}
         # which sessions' devices are watched, and what a lapsed watch means (CONTRACT §4)
         self.presence = self._new_presence()
+        # committed units are told here (the console's live page), as MQTT gets their answers
+        self.changes = Changes()
 
     def _new_presence(self) -> Presence:
         return Presence(
@@ -152,6 +155,7 @@ class Engine(AlarmOps):
                 self._wake_outbox()
             for fn in tx.after_commit:
                 fn()
+            self.changes.emit("state")
         for topic, payload, retain in tx.publishes:
             try:
                 await self.publisher.publish(topic, payload, retain=retain, wait=wait_publish)

@@ -81,6 +81,8 @@ class Outbox:
         # hot standby (CONTRACT §8): asked right before each provider request; a node that is
         # not (or no longer surely) the leader sends nothing (App sets it when clustered)
         self.may_act: Callable[[], bool] = lambda: True
+        # console hook: told after a send's outcome is stored (App sets it)
+        self.recorded: Callable[[], None] = lambda: None
 
     def wake(self) -> None:
         self._wake.set()
@@ -430,6 +432,7 @@ class Outbox:
                     notification=r["id"],
                     **detail,
                 )
+        self.recorded()
         if dropped:
             return
         if result is not None:

@@ -32,9 +32,16 @@ class AlarmDetail:
 
 
 class Views:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        delivered: Callable[[], None] = lambda: None,
+    ) -> None:
         self._store = store
         self._clock = clock
+        # console hook: told after a delivery status is stored
+        self._delivered = delivered
 
     # ------------------------------------------------------------------ reads
 
@@ -120,6 +127,7 @@ class Views:
                 answered_by=answered_by,
                 known=bool(alarms),
             )
+        self._delivered()
 
     async def webhook_seen(self, key: str) -> bool:
         """Whether a webhook with this key has been handled already."""

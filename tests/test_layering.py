@@ -151,6 +151,12 @@ HTTP_EDGE = (
     "jaa_gateway.adapters.http",
     "jaa_gateway.adapters.http_common",
     "jaa_gateway.adapters.twilio_webhooks",
+    # the guard console reads through `jaa_gateway.board` and acts through the AlarmDesk
+    "jaa_gateway.adapters.console.auth",
+    "jaa_gateway.adapters.console.feed",
+    "jaa_gateway.adapters.console.model",
+    "jaa_gateway.adapters.console.routes",
+    "jaa_gateway.adapters.console.texts",
 )
 HTTP_FORBIDDEN = ("sqlalchemy", "jaa_gateway.store", "jaa_gateway.engine")
 

@@ -200,7 +200,7 @@ class HttpApi:
         body = await _json_body(request)
         by = _text_field(body, "by", 100)
         note = _text_field(body, "note", 4000)
-        res = await self.desk.resolve(aid, by=by, note=note)
+        res = await self.desk.resolve(aid, by=by, note=note, via=f"api:{who}")
         if not res.ok:
             status = 404 if res.error == "not_found" else 409
             return error(status, res.error or "conflict", res.detail)

@@ -16,6 +16,9 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
+# writes a standby takes: a console login or logout touches only this node's own sessions
+# (the console reads on every node; its acknowledge / resolve are leader-only like the API's)
+LOCAL_WRITES = frozenset({"/console/login", "/console/logout"})
 LEADER_PATH = "/leader"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -39,7 +42,7 @@ def leader_middleware(role: RoleView) -> Middleware:
             return web.json_response(
                 {"role": "standby", "node": role.node, "leader": role.leader}, status=503
             )
-        if request.method not in READS and not role.may_act():
+        if request.method not in READS and request.path not in LOCAL_WRITES and not role.may_act():
             leader = role.leader
             where = f"node {leader!r}" if leader is not None else "no node at the moment"
             return web.json_response(

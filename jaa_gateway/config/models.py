@@ -34,6 +34,10 @@ from jaa_gateway.config.values import (
     Phone,
     Role,
 )
+from jaa_gateway.passwords import HASH_RE
+
+# who may log in to the guard console (CONTRACT §9)
+CONSOLE_ROLES: tuple[Role, ...] = ("guard", "supervisor", "head", "admin")
 
 
 class _Frozen(BaseModel):
@@ -201,6 +205,32 @@ class Person(_Frozen):
     roles: list[Role] = Field(default_factory=_default_roles)
     supervisor: Id | None = None
     hse_training_until: Date | None = None
+    # the guard console's login (CONTRACT §9): a bcrypt hash from `jaa-gateway hash-password`
+    console_password: SecretStr | None = None
+
+    @field_validator("console_password")
+    @classmethod
+    def _console_password(cls, v: SecretStr | None) -> SecretStr | None:
+        # the message never repeats the value
+        if v is not None and not HASH_RE.match(v.get_secret_value()):
+            raise ValueError(
+                "must be a bcrypt hash made by `jaa-gateway hash-password` "
+                "(starts with $2b$; value not shown)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _console_role(self) -> Person:
+        if self.console_password is not None and not set(self.roles) & set(CONSOLE_ROLES):
+            raise ValueError(
+                f"console_password is set but {self.id} has none of the roles that may log in "
+                f"to the console ({', '.join(CONSOLE_ROLES)})"
+            )
+        return self
+
+    @property
+    def may_use_console(self) -> bool:
+        return self.console_password is not None and bool(set(self.roles) & set(CONSOLE_ROLES))
 
 
 class Device(_Frozen):
