@@ -57,7 +57,7 @@ pytest: $(VENV)/.test-installed check-mosquitto check-postgres
 
 test: $(VENV)/.test-installed check-mosquitto check-postgres lint typecheck pytest
 
-bench: $(VENV)/.test-installed check-mosquitto
+bench: $(VENV)/.test-installed check-mosquitto check-postgres
 	$(PY) -m benchmarks.run
 
 clean:
