@@ -415,9 +415,8 @@ class HaChaosRun(ChaosRun):
             await self._watch(self._kill_moment(mode))
             # a step-down the sampler is still tracking ends first: its outage is its own
             await _until(lambda: not self._open_stepdown, 10.0)
-            victim = await self._wait_leader(10)
+            victim, seen_leading = await self._poll_leader(10)
             self._takeover, self._epoch = True, self._epoch + 1
-            seen_leading = time.time()  # it answered /leader 200 just now
             victim.expect_dead = True
             self.hist.killed(time.time())
             victim.proc.kill9()
@@ -457,13 +456,18 @@ class HaChaosRun(ChaosRun):
             return False
 
     async def _wait_leader(self, timeout: float) -> Node:
-        """The node that answers /leader 200 (polled every 20 ms)."""
+        return (await self._poll_leader(timeout))[0]
+
+    async def _poll_leader(self, timeout: float) -> tuple[Node, float]:
+        """The node that answers /leader 200 (polled every 20 ms), and the wall clock when
+        the poll that found it was sent (it answered after that)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            sent = time.time()
             answers = await asyncio.gather(*(self._leading(n) for n in self.nodes))
             leading = [n for n, ok in zip(self.nodes, answers, strict=True) if ok]
             if leading:
-                return leading[0]
+                return leading[0], sent
             await asyncio.sleep(0.02)
         raise AssertionError(
             f"no leader within {timeout} s:\n"
