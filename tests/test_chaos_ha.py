@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import MosquittoBroker
-from tests.support.chaos import Req
+from tests.support.chaos import History, Req
 from tests.support.chaos_ha import (
     HaChaosRun,
     HaChaosSettings,
@@ -84,6 +84,18 @@ def test_a_round_too_slow_to_judge_is_counted_not_judged() -> None:
     slow = Round(3.0, 3.0 + LEASE / 4, {"gw-a": "leader", "gw-b": "leader"})
     bad, counts = check_rounds([slow], LEASE / 4)
     assert bad == [] and counts["rounds_too_slow"] == 1 and counts["rounds"] == 0
+
+
+def test_a_confirmation_after_the_snapshot_began_is_not_held_against_it() -> None:
+    """Found by the first 100-kill run: the snapshot is awaited, and a guard's resolve that
+    was confirmed while it was read was checked against a snapshot from before its commit."""
+    hist = History()
+    hist.resolves_confirmed["alm-1"] = 10.0
+    view = hist.frozen()
+    hist.resolves_confirmed["alm-2"] = 11.0  # arrives while the snapshot is read
+    hist.killed(12.0)
+    assert view.resolves_confirmed == {"alm-1": 10.0}
+    assert view.kills == [] and view.outages == []
 
 
 # --------------------------------------------------------------------------- the crash loop

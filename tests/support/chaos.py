@@ -184,6 +184,23 @@ class History:
     # a replay while the first try had not acknowledged anything
     lost_sms_acks: list[str] = field(default_factory=list)
 
+    def frozen(self) -> History:
+        """A copy, for a check: what the devices and guards had been told and confirmed when
+        a snapshot was about to be read. The tasks go on recording while it is read (it is
+        awaited); a confirmation that arrived after the snapshot began may be of a commit the
+        snapshot does not hold."""
+        return History(
+            outages=[Outage(o.start, o.end) for o in self.outages],
+            kills=list(self.kills),
+            startup_kills=self.startup_kills,
+            event_alarms=defaultdict(set, {k: set(v) for k, v in self.event_alarms.items()}),
+            told=dict(self.told),
+            acks_confirmed=dict(self.acks_confirmed),
+            resolves_confirmed=dict(self.resolves_confirmed),
+            acks_by=Counter(self.acks_by),
+            lost_sms_acks=list(self.lost_sms_acks),
+        )
+
     def killed(self, at: float) -> None:
         self.kills.append(at)
         if not self.outages or self.outages[-1].end != INF:
@@ -880,10 +897,11 @@ class ChaosRun:
         raise AssertionError(f"no {needle} in the gateway log within {timeout} s")
 
     async def _check(self, *, final: bool = False) -> None:
+        hist = self.hist.frozen()
         before = self._requests()
         snap = await self._snapshot()
         after = self._requests()
-        rep = check(snap, before, after, self.hist, self.params, final=final)
+        rep = check(snap, before, after, hist, self.params, final=final)
         self.checks += 1
         self.counts = rep.counts
         for v in rep.violations:

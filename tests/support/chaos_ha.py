@@ -270,6 +270,8 @@ class HaChaosRun(ChaosRun):
         super().__init__(workdir, broker, doubles[0], settings, log)
 
     def _setup(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._last_snap: Snapshot | None = None
         self.nodes: list[Node] = []
         for i, double in enumerate(self.doubles):
             name = f"gw-{chr(ord('a') + i)}"
@@ -307,7 +309,25 @@ class HaChaosRun(ChaosRun):
         for a in alarms:
             if isinstance(a.get("chain"), str):
                 a["chain"] = json.loads(a["chain"])
-        return Snapshot(taken, alarms, notes, sessions)
+        self._last_snap = Snapshot(taken, alarms, notes, sessions)
+        return self._last_snap
+
+    def dump(self) -> Path:
+        """The last snapshot, the history and the requests, for a failure's post-mortem (the
+        test's database is dropped afterwards; the nodes' logs stay beside this file)."""
+        snap = self._last_snap
+        out = {
+            "snapshot": snap.__dict__ if snap else None,
+            "outages": [[o.start, o.end] for o in self.hist.outages],
+            "kills": self.hist.kills,
+            "takeovers_s": self.takeovers,
+            "requests": [q.__dict__ for q in self._requests()],
+            "acks_confirmed": self.hist.acks_confirmed,
+            "resolves_confirmed": self.hist.resolves_confirmed,
+        }
+        path = self.workdir / "chaos-ha-state.json"
+        path.write_text(json.dumps(out, indent=1, default=str))
+        return path
 
     async def _lease_token(self) -> int:
         await self._snapshot()  # connects
@@ -375,6 +395,8 @@ class HaChaosRun(ChaosRun):
                 n.expect_dead = True
                 await asyncio.to_thread(n.proc.terminate)
             await self._check(final=True)
+            if self.violations:
+                self.log(f"chaos-ha: state for the post-mortem in {self.dump()}")
         finally:
             for t in tasks:
                 t.cancel()
