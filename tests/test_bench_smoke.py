@@ -111,7 +111,8 @@ async def test_smoke_run_of_the_harness(tmp_path: Path) -> None:
         assert lat["postgresql"]["n"] == scale.alarms
         assert 0 < lat["postgresql"]["p50_ms"] <= lat["postgresql"]["max_ms"]
         assert lat["postgresql_footprint"]["peak_rss_mb"] > 10
-    assert lat["floor"]["n"] == scale.alarms
+    # the floor is measured beside each block (SQLite, then PostgreSQL)
+    assert lat["floor"]["n"] == scale.alarms * (1 if find_bindir() is None else 2)
     assert 0 < lat["floor"]["p50_ms"] <= lat["floor"]["max_ms"]
     assert lat["gateway"]["p50_ms"] > 0
     assert lat["background"]["fleet_sent"]["heartbeat"] > 0
