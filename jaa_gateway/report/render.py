@@ -101,7 +101,8 @@ def chart_svg(report: MonthlyReport, lang: str) -> Markup:
         out.append(f'<text x="{x + slot / 2:.1f}" y="{height - 6:.1f}" class="d">{day.day}</text>')
     # the y axis: 0 and the peak
     out.append(
-        f'<line x1="{left:.1f}" y1="{base_y:.1f}" x2="{width - 4:.1f}" y2="{base_y:.1f}" class="axis"/>'
+        f'<line x1="{left:.1f}" y1="{base_y:.1f}" x2="{width - 4:.1f}" y2="{base_y:.1f}" '
+        'class="axis"/>'
     )
     out.append(f'<text x="{left - 4:.1f}" y="{base_y:.1f}" class="y">0</text>')
     out.append(f'<text x="{left - 4:.1f}" y="{top + 4:.1f}" class="y">{scale_max}</text>')
