@@ -87,6 +87,12 @@ def month_of(text: str, tz: ZoneInfo) -> Month:
     return Month(year, month, _midnight(first, tz), _midnight(nxt, tz))
 
 
+def month_at(now: float, tz: ZoneInfo) -> Month:
+    """The calendar month ``now`` is in."""
+    today = dt.datetime.fromtimestamp(now, tz).date()
+    return month_of(f"{today.year:04d}-{today.month:02d}", tz)
+
+
 def previous_month(now: float, tz: ZoneInfo) -> Month:
     """The calendar month before the one ``now`` is in (the one a head signs off)."""
     today = dt.datetime.fromtimestamp(now, tz).date()

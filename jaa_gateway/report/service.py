@@ -69,3 +69,34 @@ class Reports:
             [loc.id for loc in self.cfg.locations],
             validity(self.cfg, stored),
         )
+
+
+def _sqlite_file(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if not u.drivername.startswith("sqlite"):
+        return None
+    return u.database or ":memory:"
+
+
+def read_report(cfg: Config, month: Month, fmt: str) -> str:
+    """The report as text, from a store of its own (the CLI): nothing is created or written."""
+    import asyncio
+    from pathlib import Path
+
+    from jaa_gateway.report import render
+
+    db_file = _sqlite_file(cfg.gateway.database)
+    if db_file is not None and (db_file == ":memory:" or not Path(db_file).is_file()):
+        raise NoDatabase(f"no SQLite database at {db_file}: has the gateway run with this config?")
+
+    async def read() -> MonthlyReport:
+        store = Store(cfg.gateway.database)
+        try:
+            return await Reports(cfg, store).monthly(month, check_schema=True)
+        finally:
+            await store.close()
+
+    report = asyncio.run(read())
+    return render.csv_text(cfg, report) if fmt == "csv" else render.html(cfg, report)
