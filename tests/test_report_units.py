@@ -331,7 +331,7 @@ def test_html_and_csv_carry_the_numbers() -> None:
     assert "<title>2026-11-03: 1</title>" in page  # the chart's bar for that day
     rows_ = list(csv.DictReader(io.StringIO(render.csv_text(cfg, r))))
     get = {(x["scope"], x["location"], x["measure"], x["item"]): x["value"] for x in rows_}
-    assert get[("site", "", "hours", "")] == "2.50"
+    assert get[("site", "", "hours", "")] == "2.5000"
     assert get[("location", "d1-123", "denied_starts", "training_expired")] == "1"
     assert get[("site", "", "alarms", "sos")] == "1"
     assert get[("site", "", "ack_within_60s_share", "")] == "1.0000"

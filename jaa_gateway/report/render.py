@@ -231,7 +231,7 @@ def _csv_rows(cfg: Config, report: MonthlyReport) -> Iterator[tuple[Any, ...]]:
         head = (m, scope, loc)
         yield (*head, "sessions", "", "", f.sessions)
         yield (*head, "sessions_ongoing", "", "", f.ongoing)
-        yield (*head, "hours", "", "", f"{f.hours:.2f}")
+        yield (*head, "hours", "", "", f"{f.hours:.4f}")
         yield (*head, "denied_starts", "", "", f.denied)
         for reason, n in f.denials.items():
             yield (*head, "denied_starts", reason, w.reason_label(lang, reason), n)
