@@ -71,6 +71,12 @@ _T: Final[dict[str, dict[str, str]]] = {
         "csv": "Last ned CSV",
         "removed_location": "{id} (ikke lenger i oppsettet)",
         "dash": "–",
+        "col_sessions": "Økter",
+        "col_hours": "Timer",
+        "col_denied": "Avviste",
+        "col_median": "Median kvittering",
+        "col_missed": "Uteblitte innsjekker",
+        "col_unattended": "Dør åpnet uten økt",
     },
     "en": {
         "title": "Monthly lone-work report",
@@ -133,6 +139,12 @@ _T: Final[dict[str, dict[str, str]]] = {
         "csv": "Download CSV",
         "removed_location": "{id} (no longer configured)",
         "dash": "–",
+        "col_sessions": "Sessions",
+        "col_hours": "Hours",
+        "col_denied": "Denied",
+        "col_median": "Median to ack",
+        "col_missed": "Missed check-ins",
+        "col_unattended": "Doors after hours",
     },
 }
 
