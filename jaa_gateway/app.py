@@ -21,6 +21,7 @@ from jaa_gateway.adapters.console import Console, DeskStatus
 from jaa_gateway.adapters.http import Health, HttpApi
 from jaa_gateway.adapters.leader_http import leader_middleware
 from jaa_gateway.adapters.mqtt import MqttEdge
+from jaa_gateway.adapters.report_http import ReportHttp
 from jaa_gateway.adapters.scheduler import housekeeping_scheduler
 from jaa_gateway.aio import within
 from jaa_gateway.board import Board
@@ -33,6 +34,7 @@ from jaa_gateway.metrics import Metrics
 from jaa_gateway.notify import make_notifier
 from jaa_gateway.notify.base import Notifier
 from jaa_gateway.outbox import Outbox
+from jaa_gateway.report.service import Reports
 from jaa_gateway.selfwatch import SelfWatch
 from jaa_gateway.store.db import Store
 from jaa_gateway.supervise import Supervisor
@@ -140,6 +142,8 @@ class App:
         # console hooks: sends and delivery statuses are told as committed units are
         changes = self.engine.changes
         self.outbox.recorded = lambda: changes.emit("notification")
+        # the monthly report (CONTRACT §10): the API's and the console's, read-only
+        reports = ReportHttp(cfg, Reports(cfg, self.store))
         self.http = HttpApi(
             cfg,
             self.engine,
@@ -159,9 +163,12 @@ class App:
                     else dict
                 ),
             ),
+            reports,
         )
         # the guard console (CONTRACT §9), on the API's server
-        self.console = Console(cfg, self.engine, Board(self.store), changes, self._desk_status)
+        self.console = Console(
+            cfg, self.engine, Board(self.store), changes, self._desk_status, reports=reports
+        )
         self.console.routes(self.http.app)
         self.cluster: Cluster | None = None
         if timing is not None:  # cluster hook: one middleware, keyed on method and path

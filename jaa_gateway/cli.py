@@ -1,4 +1,4 @@
-"""Command line: run · check-config · hash-password · demo · device · door."""
+"""Command line: run · check-config · report · hash-password · demo · device · door."""
 
 from __future__ import annotations
 
@@ -77,6 +77,46 @@ def _hash_password() -> int:
     except BadPassword as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    """CONTRACT §10: the monthly report from the database the config names. Only reads, so
+    it runs beside the daemon. Exit 1: a config or database problem; 2: a bad argument."""
+    from jaa_gateway.domain.report import BadMonth, month_of
+    from jaa_gateway.report.service import NoDatabase, read_report
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 1
+    try:
+        month = month_of(args.month, cfg.tz)
+    except BadMonth as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        text = read_report(cfg, month, args.format)
+    except NoDatabase as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from jaa_gateway.store.db import describe_error
+
+        print(f"error: the database could not be read: {describe_error(exc)}", file=sys.stderr)
+        return 1
+    if args.out:
+        try:
+            with open(args.out, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+        except OSError as exc:
+            print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+            return 1
+        print(f"{args.out}: the {args.format} report of {month.label}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -216,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--config", required=True, help="path to the TOML config")
     p_check = sub.add_parser("check-config", help="validate a config file")
     p_check.add_argument("path")
+    p_report = sub.add_parser(
+        "report",
+        help="the monthly lone-work report (HTML for A4, or CSV) from the config's database",
+    )
+    p_report.add_argument("--config", required=True, help="path to the TOML config")
+    p_report.add_argument("--month", required=True, help="YYYY-MM, a month in the site's zone")
+    p_report.add_argument("--format", choices=("html", "csv"), default="html")
+    p_report.add_argument("--out", help="write to this file (default: standard output)")
     sub.add_parser(
         "hash-password",
         help="read a console password (twice from a terminal, once from stdin) and print its "
@@ -270,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.path)
     if args.command == "run":
         return _run(args.config)
+    if args.command == "report":
+        return _report(args)
     if args.command == "hash-password":
         return _hash_password()
     if args.command == "demo":

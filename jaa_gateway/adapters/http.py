@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from jaa_gateway.adapters.http_common import ID_MAX, MAX_BODY, AlarmDesk, error
+from jaa_gateway.adapters.report_http import ReportHttp
 from jaa_gateway.adapters.twilio_webhooks import TwilioWebhooks
 from jaa_gateway.config import UNREADABLE_RE as _UNSTORABLE_RE
 from jaa_gateway.config import Config, ConfigError, parse_assessment
@@ -66,6 +67,7 @@ class HttpApi:
         views: Views,
         registry: CollectorRegistry,
         health: Health,
+        reports: ReportHttp | None = None,
     ) -> None:
         self.cfg = cfg
         self.desk = desk
@@ -85,6 +87,8 @@ class HttpApi:
         r.add_get("/api/assessments", self._api(self.list_assessments))
         r.add_post("/api/assessments", self._api(self.post_assessment))
         r.add_get("/api/audit", self._api(self.audit))
+        if reports is not None:  # the monthly report (CONTRACT §10): adapters/report_http.py
+            r.add_get("/api/reports/monthly", self._api(reports.api))
         TwilioWebhooks(cfg, desk, views).routes(r)
 
     # ------------------------------------------------------------------ middleware

@@ -36,6 +36,8 @@ from jaa_gateway.adapters.console.auth import (
 from jaa_gateway.adapters.console.feed import Feed, Frame
 from jaa_gateway.adapters.console.texts import words
 from jaa_gateway.adapters.http_common import ID_MAX, AlarmDesk
+from jaa_gateway.adapters.report_http import CONSOLE_PATH as REPORT_PATH
+from jaa_gateway.adapters.report_http import ReportHttp
 from jaa_gateway.board import Board
 from jaa_gateway.changes import Changes
 from jaa_gateway.config import UNREADABLE_RE, Config
@@ -91,6 +93,7 @@ class Console:
         clock: Callable[[], float] = time.time,
         sessions: Sessions | None = None,
         throttle: Throttle | None = None,
+        reports: ReportHttp | None = None,
     ) -> None:
         self.cfg = cfg
         self.desk = desk
@@ -99,6 +102,7 @@ class Console:
         self.clock = clock
         self.sessions = sessions or Sessions()
         self.throttle = throttle or Throttle()
+        self.reports = reports
         self.lang = cfg.gateway.language
         self.t = words(self.lang)
         self.secure = cfg.http.public_url.lower().startswith("https://")
@@ -127,6 +131,8 @@ class Console:
         r.add_get("/console/alarms/{id}/timeline", self.timeline)
         r.add_post("/console/alarms/{id}/ack", self.ack)
         r.add_post("/console/alarms/{id}/resolve", self.resolve)
+        if self.reports is not None:
+            r.add_get(REPORT_PATH, self.report)
         r.add_static("/console/static", HERE / "static", append_version=False)
         app.on_shutdown.append(self._on_shutdown)
         app.on_response_prepare.append(self._headers)
@@ -298,10 +304,24 @@ class Console:
             "page.html",
             csrf=s.csrf,
             me=person.name if person is not None else s.person,
+            # the monthly report, for heads and admins (adapters/report_http.py)
+            report_url=(
+                REPORT_PATH
+                if self.reports is not None and self.reports.may_read(s.person)
+                else None
+            ),
             board_html=Markup(frame.board),
             status_html=Markup(frame.status),
             js_words={k: self.t[k] for k in JS_WORDS},
         )
+
+    async def report(self, request: web.Request) -> web.StreamResponse:
+        """The monthly report (CONTRACT §10) on the console's login: heads and admins."""
+        s = self._session(request)
+        if s is None:
+            raise web.HTTPSeeOther("/console/login")
+        assert self.reports is not None
+        return await self.reports.console(request, s.person, self.clock())
 
     async def board_fragment(self, request: web.Request) -> web.StreamResponse:
         if self._session(request) is None:
