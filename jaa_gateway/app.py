@@ -19,17 +19,27 @@ from jaa_gateway.adapters.http import Health, HttpApi
 from jaa_gateway.adapters.mqtt import MqttEdge
 from jaa_gateway.adapters.scheduler import housekeeping_scheduler
 from jaa_gateway.aio import within
+from jaa_gateway.alarms import Acks, AlarmShapes, Escalator, Raiser
+from jaa_gateway.assessments import Assessments
 from jaa_gateway.config import Config
 from jaa_gateway.deadlines import Deadlines
+from jaa_gateway.devices import Devices
 from jaa_gateway.domain.events import DeviceEvent, DoorEvent
-from jaa_gateway.engine import Engine
+from jaa_gateway.doors import Doors
+from jaa_gateway.engine import Engine, Services
+from jaa_gateway.inbound import Inbound
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.notify import make_notifier
 from jaa_gateway.notify.base import Notifier
 from jaa_gateway.outbox import Outbox
+from jaa_gateway.presence import Presence
 from jaa_gateway.selfwatch import SelfWatch
+from jaa_gateway.session_timers import SessionTimers
+from jaa_gateway.sessions import Sessions
 from jaa_gateway.store.db import Store
 from jaa_gateway.supervise import Supervisor
+from jaa_gateway.timeutil import utcnow
+from jaa_gateway.topics import Topics
 
 log = structlog.get_logger("jaa_gateway.app")
 
@@ -95,16 +105,7 @@ class App:
             on_connect=self._on_connect,
             on_state=self._on_broker_state,
         )
-        self.engine = Engine(
-            cfg,
-            self.store,
-            self.mqtt,
-            self.deadlines,
-            self.metrics,
-            wake_outbox=self.outbox.wake,
-            alarm_stopped=self.outbox.alarm_stopped,
-            send_now=self.outbox.submit,
-        )
+        self.engine = self._wire_core()
         self.selfwatch = SelfWatch(
             cfg,
             self.store,
@@ -133,6 +134,40 @@ class App:
         self.stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
+
+    def _wire_core(self) -> Engine:
+        """The core's services, each given what it needs; the engine runs them."""
+        cfg, metrics = self.cfg, self.metrics
+        topics = Topics(cfg.mqtt.topic_prefix)
+        devices = Devices(cfg, self.store)
+        presence = Presence(
+            self.deadlines,
+            timeout=lambda: cfg.timing.device_timeout.total_seconds(),
+            last_seen=devices.last_seen,
+        )
+        shapes = AlarmShapes(cfg.tz, topics)
+        escalator = Escalator(cfg, shapes, presence, utcnow)
+        raiser = Raiser(cfg, metrics, devices, escalator, shapes)
+        acks = Acks(cfg, metrics, shapes, self.outbox.alarm_stopped)
+        timers = SessionTimers(cfg, topics, presence, raiser)
+        assessments = Assessments(cfg)
+        sessions = Sessions(cfg, metrics, topics, devices, assessments, timers, acks)
+        doors = Doors(cfg, sessions, raiser)
+        inbound = Inbound(cfg, metrics, topics, devices, sessions, raiser, acks, doors)
+        services = Services(
+            devices, assessments, presence, timers, escalator, acks, shapes, inbound
+        )
+        return Engine(
+            cfg,
+            self.store,
+            self.mqtt,
+            self.deadlines,
+            metrics,
+            services,
+            wake_outbox=self.outbox.wake,
+            send_now=self.outbox.submit,
+            clock=utcnow,
+        )
 
     async def _enqueue(self, ev: DeviceEvent | DoorEvent) -> None:
         prio = 0 if ev.type in URGENT else 1

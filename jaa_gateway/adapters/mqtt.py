@@ -107,7 +107,7 @@ def backoff_delay(attempt: int, rand: Callable[[], float] = random.random) -> fl
     return ceiling * (0.5 + 0.5 * rand())
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class _Outgoing:
     seq: int
     topic: str

@@ -1,0 +1,10 @@
+"""Alarm rules: raise (`raising`), escalate step by step (`escalation`), cancel, acknowledge and
+resolve (`acks`); what an alarm looks like outside (`shapes`). Each is a service that receives
+what it needs; the engine runs them inside its units of work."""
+
+from jaa_gateway.alarms.acks import AckResult, Acks
+from jaa_gateway.alarms.escalation import Escalator
+from jaa_gateway.alarms.raising import Raiser
+from jaa_gateway.alarms.shapes import AlarmShapes, state_msg
+
+__all__ = ["AckResult", "Acks", "AlarmShapes", "Escalator", "Raiser", "state_msg"]

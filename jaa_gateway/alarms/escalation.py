@@ -1,0 +1,173 @@
+"""Escalation: an alarm's chain run step by step from its frozen snapshot.
+
+The timetable itself is pure (`domain/escalation.py`); this service stores its progress on the
+alarm row (`next_k`, `next_due_at`, compare-and-set on `generation`) so a restart continues
+where it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from jaa_gateway.alarms.shapes import AlarmShapes
+from jaa_gateway.config import Config
+from jaa_gateway.domain import escalation, texts
+from jaa_gateway.domain.model import ChainSnapshot, StepSnapshot
+from jaa_gateway.effects import Tx
+from jaa_gateway.notifications import enqueue
+from jaa_gateway.presence import Presence
+from jaa_gateway.store import queries as q
+
+log = structlog.get_logger("jaa_gateway.alarms")
+
+
+@dataclass(eq=False, repr=False)
+class Escalator:
+    cfg: Config
+    shapes: AlarmShapes
+    presence: Presence
+    clock: Callable[[], dt.datetime]
+
+    def timer(self, tx: Tx, a: dict[str, Any]) -> None:
+        """The alarm's deadline as its row says (none once it is no longer running)."""
+        if a["state"] == "prealarm" and a["prealarm_until"] is not None:
+            tx.set_timer(("alarm", a["id"]), a["prealarm_until"])
+        elif a["state"] == "escalating" and a["next_due_at"] is not None:
+            tx.set_timer(("alarm", a["id"]), a["next_due_at"])
+        else:
+            tx.set_timer(("alarm", a["id"]), None)
+
+    def _unwatched_now(self, a: dict[str, Any]) -> int | None:
+        """For a contact_lost alarm, how many sessions are unwatched now; None otherwise."""
+        if a["kind"] != "contact_lost":
+            return None
+        return self.presence.unwatched_now(self.clock().timestamp())
+
+    async def start(self, tx: Tx, a: dict[str, Any]) -> None:
+        a["state"] = "escalating"
+        a["escalation_started_at"] = tx.ts
+        await q.update_alarm(tx.conn, a, state="escalating", escalation_started_at=tx.ts)
+        await q.add_audit(
+            tx.conn,
+            tx.ts,
+            "escalation_started",
+            alarm=a["id"],
+            chain=a["chain"]["chain_id"] if a["chain"] else None,
+        )
+        await self._run_due_steps(tx, a)
+        self.shapes.publish(tx, a)
+
+    async def _run_due_steps(self, tx: Tx, a: dict[str, Any]) -> None:
+        snap = ChainSnapshot.from_json(a["chain"])
+        start = dt.datetime.fromtimestamp(a["escalation_started_at"], dt.UTC)
+        steps = escalation.due_steps(snap, start, int(a["next_k"]), tx.now)
+        lang = self.cfg.gateway.language
+        person = self.cfg.person(a["person"]) if a["person"] else None
+        loc = self.cfg.location(a["location"]) if a["location"] else None
+        worker = person.name if person else None
+        where = loc.name if loc else None
+        exhausted_at = escalation.exhausted_after(snap)
+        next_k = int(a["next_k"])
+        for p in steps:
+            step = snap.steps[p.step_index]
+            # who is on duty is looked up now, as this step goes out (CONTRACT §4)
+            people = escalation.resolve_step(self.cfg, step, a["person"], tx.now)
+            n = self._unwatched_now(a)
+            sms = texts.alarm_sms(
+                lang, a["kind"], worker, where, a["code"], a["lat"], a["lon"], unwatched=n
+            )
+            voice = texts.alarm_voice(lang, a["kind"], worker, where, unwatched=n)
+            for t in people.targets:
+                for ch in step.via:
+                    await enqueue(
+                        tx,
+                        alarm=a["id"],
+                        purpose="alarm",
+                        k=p.k,
+                        person=t.person_id,
+                        phone=t.phone,
+                        channel=ch,
+                        body=sms if ch == "sms" else voice,
+                    )
+            await self._audit_step(tx, a, p, step, people, start)
+            next_k = p.k + 1
+            if next_k >= exhausted_at and not a["exhausted"]:
+                a["exhausted"] = True
+                await q.add_audit(tx.conn, tx.ts, "escalation_exhausted", alarm=a["id"])
+                log.error("escalation_exhausted", alarm=a["id"])
+        nxt = escalation.next_due(snap, start, next_k)
+        a["next_k"] = next_k
+        a["next_due_at"] = nxt.timestamp() if nxt is not None else None
+        await q.update_alarm(
+            tx.conn, a, next_k=next_k, next_due_at=a["next_due_at"], exhausted=a["exhausted"]
+        )
+        self.timer(tx, a)
+
+    async def _audit_step(
+        self,
+        tx: Tx,
+        a: dict[str, Any],
+        p: escalation.PlannedStep,
+        step: StepSnapshot,
+        people: escalation.StepPeople,
+        start: dt.datetime,
+    ) -> None:
+        """The timeline entry of one step: who was paged and which entry named each of them;
+        an entry the config no longer knows, and a step that reached nobody, are errors."""
+        await q.add_audit(
+            tx.conn,
+            tx.ts,
+            "escalation_step",
+            alarm=a["id"],
+            k=p.k,
+            run=p.run,
+            step=p.step_index,
+            keep_paging=p.is_keep_paging,
+            due_at=self.shapes.iso((start + p.offset).timestamp()),
+            targets=[t.person_id for t in people.targets],
+            paged=[pg.to_json() for pg in people.pages],
+            via=list(step.via),
+        )
+        for entry in people.missing:
+            fell_back = [pg.target.person_id for pg in people.pages if pg.source == entry]
+            await q.add_audit(
+                tx.conn,
+                tx.ts,
+                "escalation_target_missing",
+                alarm=a["id"],
+                k=p.k,
+                entry=entry,
+                fallback=fell_back,
+            )
+            log.error(
+                "escalation_target_missing", alarm=a["id"], k=p.k, entry=entry, fallback=fell_back
+            )
+        if not people.pages:
+            await q.add_audit(
+                tx.conn,
+                tx.ts,
+                "escalation_step_without_targets",
+                alarm=a["id"],
+                k=p.k,
+                step=p.step_index,
+                spec=list(step.spec),
+            )
+            log.error("escalation_step_without_targets", alarm=a["id"], k=p.k, step=p.step_index)
+
+    async def deadline(self, tx: Tx, alarm_id: str) -> None:
+        a = await q.get_alarm(tx.conn, alarm_id)
+        if a is None:
+            return
+        if a["state"] == "prealarm":
+            if a["prealarm_until"] is not None and a["prealarm_until"] > tx.ts + 0.001:
+                self.timer(tx, a)
+                return
+            await self.start(tx, a)
+            self.shapes.tell(tx, a["device"], a)
+        elif a["state"] == "escalating":
+            await self._run_due_steps(tx, a)
