@@ -148,7 +148,7 @@ class App:
         shapes = AlarmShapes(cfg.tz, topics)
         escalator = Escalator(cfg, shapes, presence, utcnow)
         raiser = Raiser(cfg, metrics, devices, escalator, shapes)
-        acks = Acks(cfg, metrics, shapes, self.outbox.alarm_stopped)
+        acks = Acks(cfg, metrics, shapes, self.outbox)
         timers = SessionTimers(cfg, topics, presence, raiser)
         assessments = Assessments(cfg)
         sessions = Sessions(cfg, metrics, topics, devices, assessments, timers, acks)
@@ -164,8 +164,7 @@ class App:
             self.deadlines,
             metrics,
             services,
-            wake_outbox=self.outbox.wake,
-            send_now=self.outbox.submit,
+            self.outbox,
             clock=utcnow,
         )
 

@@ -30,6 +30,7 @@ from jaa_gateway.domain.events import DeviceEvent, DoorEvent
 from jaa_gateway.effects import Publisher, Tx
 from jaa_gateway.inbound import Inbound
 from jaa_gateway.metrics import Metrics
+from jaa_gateway.notifications import OutboxPort
 from jaa_gateway.poison import RepeatFailures
 from jaa_gateway.presence import Presence
 from jaa_gateway.session_timers import SessionTimers
@@ -72,9 +73,8 @@ class Engine:
         deadlines: Deadlines,
         metrics: Metrics,
         services: Services,
+        outbox: OutboxPort,
         *,
-        wake_outbox: Callable[[], None],
-        send_now: Callable[[list[dict[str, Any]]], None] | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.cfg = cfg
@@ -85,10 +85,7 @@ class Engine:
         self.clock = clock
         self.svc = services
         self.presence = services.presence
-        self._wake_outbox = wake_outbox
-        # without a sender to hand them to, claimed rows wait for the restart's requeue;
-        # App always passes one
-        self._send_now = send_now or (lambda rows: None)
+        self.outbox = outbox
         self.lock = asyncio.Lock()
         # committed units: a deadline that keeps failing while these go on is poison
         self.commits = 0
@@ -122,9 +119,9 @@ class Engine:
                 else:
                     self.deadlines.set(key, due)
             if tx.direct:
-                self._send_now(tx.direct)
+                self.outbox.submit(tx.direct)
             if tx.wake_outbox:
-                self._wake_outbox()
+                self.outbox.wake()
             for fn in tx.after_commit:
                 fn()
         for topic, payload, retain in tx.publishes:

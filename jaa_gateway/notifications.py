@@ -1,8 +1,9 @@
-"""Notification rows: what the outbox sends, written in the transaction that causes them."""
+"""Notification rows: what the outbox sends, written in the transaction that causes them; and
+what the core needs of the outbox (`OutboxPort`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import insert
 
@@ -11,6 +12,20 @@ from jaa_gateway.store.schema import notifications
 
 # built once: constructing a statement per row costs more than running it
 _INSERT_NOTIFICATION = insert(notifications)
+
+
+class OutboxPort(Protocol):
+    """The sender, as the engine and the alarm services see it (the Outbox implements it)."""
+
+    def submit(self, rows: list[dict[str, Any]]) -> None:
+        """SMS rows claimed ('sending') by a committed transaction: send them now. Nobody else
+        sends them until a restart's recovery, so this is required, never a no-op."""
+
+    def wake(self) -> None:
+        """Rows were stored 'pending': look for them now, not at the next pass."""
+
+    def alarm_stopped(self, alarm_id: str) -> None:
+        """An acknowledgement committed: drop step rows of this alarm claimed but not started."""
 
 
 async def enqueue(

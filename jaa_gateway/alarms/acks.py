@@ -3,7 +3,6 @@ and resolving an acknowledged alarm."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,7 @@ from jaa_gateway.domain import texts
 from jaa_gateway.domain.events import DeviceEvent
 from jaa_gateway.effects import Tx
 from jaa_gateway.metrics import Metrics
-from jaa_gateway.notifications import enqueue
+from jaa_gateway.notifications import OutboxPort, enqueue
 from jaa_gateway.store import queries as q
 from jaa_gateway.store.schema import notifications
 
@@ -38,8 +37,8 @@ class Acks:
     cfg: Config
     metrics: Metrics
     shapes: AlarmShapes
-    # the outbox drops step rows of a stopped alarm it has claimed but not started yet
-    alarm_stopped: Callable[[str], None]
+    # told when an alarm stops: it drops step rows it has claimed but not started yet
+    outbox: OutboxPort
 
     # ------------------------------------------------------------------ the worker
 
@@ -193,8 +192,8 @@ class Acks:
         )
         log.info("alarm_acknowledged", alarm=aid, by=by, via=via)
         tx.set_timer(("alarm", aid), None)
-        stopped = self.alarm_stopped
-        tx.after_commit.append(lambda: stopped(aid))
+        outbox = self.outbox
+        tx.after_commit.append(lambda: outbox.alarm_stopped(aid))
         self.shapes.tell(tx, a["device"], a)
         self.shapes.publish(tx, a)
 
