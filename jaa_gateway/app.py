@@ -19,7 +19,7 @@ from jaa_gateway.adapters.http import Health, HttpApi
 from jaa_gateway.adapters.mqtt import MqttEdge
 from jaa_gateway.adapters.scheduler import housekeeping_scheduler
 from jaa_gateway.aio import within
-from jaa_gateway.alarms import Acks, AlarmShapes, Escalator, Raiser
+from jaa_gateway.alarms import Acks, AlarmShapes, AlarmWriter, Escalator, Raiser
 from jaa_gateway.assessments import Assessments
 from jaa_gateway.config import Config
 from jaa_gateway.deadlines import Deadlines
@@ -146,9 +146,10 @@ class App:
             last_seen=devices.last_seen,
         )
         shapes = AlarmShapes(cfg.tz, topics)
-        escalator = Escalator(cfg, shapes, presence, utcnow)
+        writer = AlarmWriter(shapes, metrics, self.outbox)
+        escalator = Escalator(cfg, writer, presence, utcnow)
         raiser = Raiser(cfg, metrics, devices, escalator, shapes)
-        acks = Acks(cfg, metrics, shapes, self.outbox)
+        acks = Acks(cfg, writer)
         timers = SessionTimers(cfg, topics, presence, raiser)
         assessments = Assessments(cfg)
         sessions = Sessions(cfg, metrics, topics, devices, assessments, timers, acks)

@@ -26,6 +26,7 @@ from jaa_gateway.assessments import Assessments
 from jaa_gateway.config import Assessment, Config
 from jaa_gateway.deadlines import Deadlines, Key
 from jaa_gateway.devices import Devices
+from jaa_gateway.domain.alarm import RUNNING
 from jaa_gateway.domain.events import DeviceEvent, DoorEvent
 from jaa_gateway.effects import Publisher, Tx
 from jaa_gateway.inbound import Inbound
@@ -145,7 +146,7 @@ class Engine:
             for a in open_rows:
                 svc.escalator.timer(tx, a)
             n_sessions = await q.active_session_count(tx.conn)
-            n_alarms = sum(1 for a in open_rows if a["state"] in ("prealarm", "escalating"))
+            n_alarms = sum(1 for a in open_rows if a["state"] in RUNNING)
             await q.add_audit(
                 tx.conn, tx.ts, "gateway_started", sessions=n_sessions, open_alarms=n_alarms
             )

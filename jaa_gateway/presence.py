@@ -40,7 +40,7 @@ KEY: Key = ("presence", "contact")
 SINCES_MAX_AGE_S = 0.25
 _ESCALATING_CONTACT_LOST = (
     select(alarms.c.id, alarms.c.opened_at)
-    .where(and_(alarms.c.kind == "contact_lost", alarms.c.state.in_(("prealarm", "escalating"))))
+    .where(and_(alarms.c.kind == "contact_lost", alarms.c.state.in_(q.RUNNING_STATES)))
     .order_by(alarms.c.opened_at.desc())
     .limit(1)
 )

@@ -11,6 +11,8 @@ from typing import Any
 
 from jaa_gateway.alarms import Raiser
 from jaa_gateway.config import Config
+from jaa_gateway.domain import session as rule
+from jaa_gateway.domain.session import CheckinState, OverrunState
 from jaa_gateway.effects import Tx
 from jaa_gateway.presence import Presence
 from jaa_gateway.store import queries as q
@@ -29,14 +31,18 @@ class SessionTimers:
     def set(self, tx: Tx, s: dict[str, Any]) -> None:
         """Every timer of an active session, as its row says."""
         sid = s["id"]
-        if s["checkin_state"] == "waiting" and s["checkin_due_at"] is not None:
-            tx.set_timer(("checkin", sid), s["checkin_due_at"])
-        elif s["checkin_state"] == "due" and s["checkin_grace_until"] is not None:
-            tx.set_timer(("checkin", sid), s["checkin_grace_until"])
-        if s["overrun_state"] == "none":
-            tx.set_timer(("overrun", sid), s["ends_at"])
-        elif s["overrun_state"] == "due":
-            tx.set_timer(("overrun", sid), s["ends_at"] + self._overrun_grace())
+        checkin = rule.checkin_timer(
+            CheckinState(s["checkin_state"]),
+            due_at=s["checkin_due_at"],
+            grace_until=s["checkin_grace_until"],
+        )
+        if checkin is not None:
+            tx.set_timer(("checkin", sid), checkin)
+        overrun = rule.overrun_timer(
+            OverrunState(s["overrun_state"]), ends_at=s["ends_at"], grace=self._overrun_grace()
+        )
+        if overrun is not None:
+            tx.set_timer(("overrun", sid), overrun)
         if s["device"] and not s["offline_alarmed"]:
             dev, started = str(s["device"]), float(s["started_at"])
             tx.set_timer(("offline", sid), self.presence.due(sid, dev, started))
@@ -64,48 +70,42 @@ class SessionTimers:
         elif kind == "offline":
             await self._offline(tx, s)
 
-    def _due(self, tx: Tx, s: dict[str, Any], reason: str, grace: float) -> None:
-        self.topics.to_device(
-            tx,
-            s["device"],
-            {"type": "checkin_due", "session": s["id"], "reason": reason, "grace_s": grace},
-        )
-
     async def _checkin(self, tx: Tx, s: dict[str, Any]) -> None:
-        if s["checkin_state"] == "waiting":
-            if s["checkin_due_at"] is None or s["checkin_due_at"] > tx.ts + 0.001:
-                if s["checkin_due_at"] is not None:
-                    tx.set_timer(("checkin", s["id"]), s["checkin_due_at"])
-                return
-            grace = self.cfg.timing.checkin_grace.total_seconds()
-            until = s["checkin_due_at"] + grace
-            await q.update_session(tx.conn, s, checkin_state="due", checkin_grace_until=until)
-            await q.add_audit(tx.conn, tx.ts, "checkin_due", session=s["id"], reason="checkin")
-            self._due(tx, s, "checkin", grace)
-            tx.set_timer(("checkin", s["id"]), until)
-        elif s["checkin_state"] == "due":
-            if s["checkin_grace_until"] is not None and s["checkin_grace_until"] > tx.ts + 0.001:
-                tx.set_timer(("checkin", s["id"]), s["checkin_grace_until"])
-                return
-            await q.update_session(tx.conn, s, checkin_state="alarmed")
-            await self.raiser.session_alarm(tx, s, "missed_checkin")
+        grace = self.cfg.timing.checkin_grace.total_seconds()
+        step = rule.checkin_deadline(
+            CheckinState(s["checkin_state"]),
+            now=tx.ts,
+            due_at=s["checkin_due_at"],
+            grace_until=s["checkin_grace_until"],
+            grace=grace,
+        )
+        await self._apply(tx, s, step, "checkin", grace, "missed_checkin")
 
     async def _overrun(self, tx: Tx, s: dict[str, Any]) -> None:
         grace = self._overrun_grace()
-        if s["overrun_state"] == "none":
-            if s["ends_at"] > tx.ts + 0.001:
-                tx.set_timer(("overrun", s["id"]), s["ends_at"])
-                return
-            await q.update_session(tx.conn, s, overrun_state="due")
-            await q.add_audit(tx.conn, tx.ts, "checkin_due", session=s["id"], reason="overrun")
-            self._due(tx, s, "overrun", grace)
-            tx.set_timer(("overrun", s["id"]), s["ends_at"] + grace)
-        elif s["overrun_state"] == "due":
-            if s["ends_at"] + grace > tx.ts + 0.001:
-                tx.set_timer(("overrun", s["id"]), s["ends_at"] + grace)
-                return
-            await q.update_session(tx.conn, s, overrun_state="alarmed")
-            await self.raiser.session_alarm(tx, s, "session_overrun")
+        step = rule.overrun_deadline(
+            OverrunState(s["overrun_state"]), now=tx.ts, ends_at=s["ends_at"], grace=grace
+        )
+        await self._apply(tx, s, step, "overrun", grace, "session_overrun")
+
+    async def _apply(
+        self, tx: Tx, s: dict[str, Any], step: rule.Step, kind: str, grace: float, alarm: str
+    ) -> None:
+        """Carry out a step of the check-in or overrun machine: compare-and-set its columns,
+        ask the worker (checkin_due, reason `kind`) or raise `alarm`, set the timer."""
+        if step.values:
+            await q.update_session(tx.conn, s, **step.values)
+        if step.ask:
+            await q.add_audit(tx.conn, tx.ts, "checkin_due", session=s["id"], reason=kind)
+            self.topics.to_device(
+                tx,
+                s["device"],
+                {"type": "checkin_due", "session": s["id"], "reason": kind, "grace_s": grace},
+            )
+        if step.timer is not None:
+            tx.set_timer((kind, s["id"]), step.timer)
+        if step.alarm:
+            await self.raiser.session_alarm(tx, s, alarm)
 
     async def _offline(self, tx: Tx, s: dict[str, Any]) -> None:
         if not s["device"] or s["offline_alarmed"]:

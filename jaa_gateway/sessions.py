@@ -16,6 +16,7 @@ from jaa_gateway.config import Config, Person
 from jaa_gateway.devices import Devices
 from jaa_gateway.domain import gate, texts
 from jaa_gateway.domain.events import DeviceEvent
+from jaa_gateway.domain.session import CheckinState, OverrunState, checked_in
 from jaa_gateway.effects import Tx
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.notifications import enqueue
@@ -121,8 +122,9 @@ class Sessions:
             "ends_at": decision.ends_at.timestamp(),
             "checkin_interval_s": interval.total_seconds() if interval else None,
             "checkin_due_at": (tx.now + interval).timestamp() if interval else None,
-            "checkin_state": "waiting" if interval else "none",
-            "overrun_state": "none",
+            "checkin_grace_until": None,
+            "checkin_state": (CheckinState.WAITING if interval else CheckinState.NONE).value,
+            "overrun_state": OverrunState.NONE.value,
             "offline_alarmed": False,
             "active": True,
             "generation": 0,
@@ -278,11 +280,12 @@ class Sessions:
         if s is None:
             await q.add_audit(tx.conn, tx.ts, "checkin_without_session", actor=ev.device_id)
             return
-        if s["checkin_interval_s"]:
-            due = tx.ts + s["checkin_interval_s"]
-            await q.update_session(
-                tx.conn, s, checkin_due_at=due, checkin_state="waiting", checkin_grace_until=None
-            )
-            tx.set_timer(("checkin", s["id"]), due)
+        step = checked_in(
+            CheckinState(s["checkin_state"]), now=tx.ts, interval_s=s["checkin_interval_s"]
+        )
+        if step.values:
+            await q.update_session(tx.conn, s, **step.values)
+        if step.timer is not None:
+            tx.set_timer(("checkin", s["id"]), step.timer)
         await q.add_audit(tx.conn, tx.ts, "checkin", actor=person.id, session=s["id"])
         await self.acks.worker_reports_ok(tx, ev.device_id, kinds=("missed_checkin",))

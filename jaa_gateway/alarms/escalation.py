@@ -14,9 +14,11 @@ from typing import Any
 
 import structlog
 
-from jaa_gateway.alarms.shapes import AlarmShapes
+from jaa_gateway.alarms.writer import AlarmWriter
 from jaa_gateway.config import Config
+from jaa_gateway.domain import alarm as rule
 from jaa_gateway.domain import escalation, texts
+from jaa_gateway.domain.alarm import AlarmState
 from jaa_gateway.domain.model import ChainSnapshot, StepSnapshot
 from jaa_gateway.effects import Tx
 from jaa_gateway.notifications import enqueue
@@ -29,15 +31,15 @@ log = structlog.get_logger("jaa_gateway.alarms")
 @dataclass(eq=False, repr=False)
 class Escalator:
     cfg: Config
-    shapes: AlarmShapes
+    writer: AlarmWriter
     presence: Presence
     clock: Callable[[], dt.datetime]
 
     def timer(self, tx: Tx, a: dict[str, Any]) -> None:
         """The alarm's deadline as its row says (none once it is no longer running)."""
-        if a["state"] == "prealarm" and a["prealarm_until"] is not None:
+        if a["state"] == AlarmState.PREALARM and a["prealarm_until"] is not None:
             tx.set_timer(("alarm", a["id"]), a["prealarm_until"])
-        elif a["state"] == "escalating" and a["next_due_at"] is not None:
+        elif a["state"] == AlarmState.ESCALATING and a["next_due_at"] is not None:
             tx.set_timer(("alarm", a["id"]), a["next_due_at"])
         else:
             tx.set_timer(("alarm", a["id"]), None)
@@ -48,19 +50,24 @@ class Escalator:
             return None
         return self.presence.unwatched_now(self.clock().timestamp())
 
-    async def start(self, tx: Tx, a: dict[str, Any]) -> None:
-        a["state"] = "escalating"
-        a["escalation_started_at"] = tx.ts
-        await q.update_alarm(tx.conn, a, state="escalating", escalation_started_at=tx.ts)
-        await q.add_audit(
-            tx.conn,
-            tx.ts,
-            "escalation_started",
-            alarm=a["id"],
-            chain=a["chain"]["chain_id"] if a["chain"] else None,
-        )
-        await self._run_due_steps(tx, a)
-        self.shapes.publish(tx, a)
+    async def start(self, tx: Tx, a: dict[str, Any], change: rule.Change | None = None) -> None:
+        """Escalation begins (`change`: how, if not for an alarm just raised escalating)."""
+        if change is None:
+            change = rule.start_escalation(
+                AlarmState(a["state"]), now=tx.ts, started_at=a["escalation_started_at"]
+            )
+
+        async def steps(_: int) -> None:
+            await q.add_audit(
+                tx.conn,
+                tx.ts,
+                "escalation_started",
+                alarm=a["id"],
+                chain=a["chain"]["chain_id"] if a["chain"] else None,
+            )
+            await self._run_due_steps(tx, a)
+
+        await self.writer.write(tx, a, change, steps)
 
     async def _run_due_steps(self, tx: Tx, a: dict[str, Any]) -> None:
         snap = ChainSnapshot.from_json(a["chain"])
@@ -128,7 +135,7 @@ class Escalator:
             run=p.run,
             step=p.step_index,
             keep_paging=p.is_keep_paging,
-            due_at=self.shapes.iso((start + p.offset).timestamp()),
+            due_at=self.writer.shapes.iso((start + p.offset).timestamp()),
             targets=[t.person_id for t in people.targets],
             paged=[pg.to_json() for pg in people.pages],
             via=list(step.via),
@@ -163,11 +170,12 @@ class Escalator:
         a = await q.get_alarm(tx.conn, alarm_id)
         if a is None:
             return
-        if a["state"] == "prealarm":
-            if a["prealarm_until"] is not None and a["prealarm_until"] > tx.ts + 0.001:
+        state = AlarmState(a["state"])
+        if state is AlarmState.PREALARM:
+            change = rule.prealarm_expired(state, now=tx.ts, until=a["prealarm_until"])
+            if change is None:
                 self.timer(tx, a)
                 return
-            await self.start(tx, a)
-            self.shapes.tell(tx, a["device"], a)
-        elif a["state"] == "escalating":
+            await self.start(tx, a, change)
+        elif state is AlarmState.ESCALATING:
             await self._run_due_steps(tx, a)

@@ -15,6 +15,7 @@ from jaa_gateway.alarms.shapes import AlarmShapes
 from jaa_gateway.config import Config, Person
 from jaa_gateway.devices import Devices
 from jaa_gateway.domain import escalation, texts
+from jaa_gateway.domain.alarm import AlarmState
 from jaa_gateway.domain.events import DeviceEvent
 from jaa_gateway.effects import Tx
 from jaa_gateway.metrics import Metrics
@@ -73,7 +74,7 @@ class Raiser:
             "id": "alm-" + secrets.token_hex(8),
             "code": await self._new_code(tx),
             "kind": kind,
-            "state": "prealarm" if prealarm else "escalating",
+            "state": (AlarmState.PREALARM if prealarm else AlarmState.ESCALATING).value,
             "person": person,
             "location": location,
             "session": session,
@@ -221,7 +222,7 @@ class Raiser:
                 id=aid,
                 code="----",
                 kind=kind,
-                state="notice",
+                state=AlarmState.NOTICE.value,
                 person=None,
                 location=location_id,
                 session=None,

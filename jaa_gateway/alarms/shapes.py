@@ -7,6 +7,7 @@ import datetime as dt
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from jaa_gateway.domain.alarm import OPEN, AlarmState
 from jaa_gateway.effects import Tx
 from jaa_gateway.timeutil import rfc3339
 from jaa_gateway.topics import Topics
@@ -15,7 +16,7 @@ from jaa_gateway.topics import Topics
 def state_msg(a: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
     """The device command that tells the current state of an alarm."""
     st = a["state"]
-    if st == "prealarm":
+    if st == AlarmState.PREALARM:
         left = max(0.0, (a["prealarm_until"] or now.timestamp()) - now.timestamp())
         return {
             "type": "prealarm",
@@ -23,9 +24,9 @@ def state_msg(a: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
             "kind": a["kind"],
             "cancel_within_s": round(left, 3),
         }
-    if st == "escalating":
+    if st == AlarmState.ESCALATING:
         return {"type": "alarm_raised", "alarm": a["id"], "kind": a["kind"]}
-    if st in ("acknowledged", "resolved"):
+    if st in (AlarmState.ACKNOWLEDGED, AlarmState.RESOLVED):
         return {"type": "alarm_acknowledged", "alarm": a["id"], "by": a["acknowledged_by"]}
     return {"type": "alarm_cancelled", "alarm": a["id"]}
 
@@ -62,7 +63,7 @@ class AlarmShapes:
 
     def publish(self, tx: Tx, a: dict[str, Any]) -> None:
         """Retained alarm topic while open; an empty retained message clears it."""
-        if a["state"] in ("prealarm", "escalating", "acknowledged"):
+        if a["state"] in OPEN:
             tx.publish(self.topics.alarm(a["id"]), self.public(a), retain=True)
         else:
             tx.publish(self.topics.alarm(a["id"]), None, retain=True)

@@ -10,6 +10,7 @@ from sqlalchemy import ColumnElement, Insert, Table, Update, and_, bindparam, fu
 from sqlalchemy import update as sa_update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from jaa_gateway.domain.alarm import OPEN, RUNNING
 from jaa_gateway.store.db import Conn
 from jaa_gateway.store.schema import (
     alarms,
@@ -31,7 +32,8 @@ class StaleWrite(Exception):
     nothing was written, and the writer's transaction must not go on as if it had been."""
 
 
-OPEN_STATES = ("prealarm", "escalating", "acknowledged")
+OPEN_STATES = tuple(sorted(OPEN))
+RUNNING_STATES = tuple(sorted(RUNNING))
 # Statements on the hot paths are built once, with bound parameters: building one per call
 # costs ~4x more than running it (SQLAlchemy's cache key generation; measured: 190 us against
 # 47 us for a look-up by id, 162 against 29 for an update), and these run on every event
@@ -231,7 +233,7 @@ _OPEN_OF_DEVICE = (
     .where(
         and_(
             alarms.c.device == bindparam("device"),
-            alarms.c.state.in_(("prealarm", "escalating")),
+            alarms.c.state.in_(RUNNING_STATES),
         )
     )
     .order_by(alarms.c.opened_at.desc())
