@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -161,7 +161,7 @@ class Engine:
     def iso(self, ts: float | None) -> str | None:
         return self.svc.shapes.iso(ts)
 
-    def alarm_public(self, a: dict[str, Any]) -> dict[str, Any]:
+    def alarm_public(self, a: Mapping[str, Any]) -> dict[str, Any]:
         return self.svc.shapes.public(a)
 
     @property

@@ -12,7 +12,7 @@ import hmac
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -484,7 +484,7 @@ class HttpApi:
                 )
             )
 
-    def _already(self, a: dict[str, Any]) -> str:
+    def _already(self, a: Mapping[str, Any]) -> str:
         by = self.cfg.person(a["acknowledged_by"] or "")
         return texts.already_acknowledged(
             self.cfg.gateway.language, a["code"], by.name if by else a["acknowledged_by"]

@@ -4,7 +4,6 @@ and resolving an acknowledged alarm."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
@@ -17,6 +16,7 @@ from jaa_gateway.domain.events import DeviceEvent
 from jaa_gateway.effects import Tx
 from jaa_gateway.notifications import enqueue
 from jaa_gateway.store import queries as q
+from jaa_gateway.store.rows import AlarmRow
 
 log = structlog.get_logger("jaa_gateway.alarms")
 
@@ -26,7 +26,7 @@ class AckResult:
     ok: bool
     error: str | None = None  # not_found | not_open | already_acknowledged | not_allowed
     detail: str = ""
-    alarms: tuple[dict[str, Any], ...] = ()
+    alarms: tuple[AlarmRow, ...] = ()
 
 
 @dataclass(eq=False, repr=False)
@@ -37,7 +37,7 @@ class Acks:
     # ------------------------------------------------------------------ the worker
 
     async def worker_cancel(self, tx: Tx, ev: DeviceEvent, person: Person) -> str | None:
-        a: dict[str, Any] | None = None
+        a: AlarmRow | None = None
         if ev.alarm:
             a = await q.get_alarm(tx.conn, ev.alarm)
             if a is not None and a["device"] != ev.device_id:
@@ -79,9 +79,7 @@ class Acks:
         if p is not None and change is not None:
             await self._worker_ok(tx, a, p, change)
 
-    async def _worker_ok(
-        self, tx: Tx, a: dict[str, Any], person: Person, change: rule.Change
-    ) -> None:
+    async def _worker_ok(self, tx: Tx, a: AlarmRow, person: Person, change: rule.Change) -> None:
         """Escalation goes on; those already told get an SMS that the worker reports OK."""
 
         async def tell_them(_: int) -> None:
@@ -126,7 +124,7 @@ class Acks:
         self, tx: Tx, alarm_ids: list[str], *, by: str, via: str, person_id: str | None
     ) -> AckResult:
         """Acknowledge. `person_id` set (SMS/voice): only someone notified for the alarm."""
-        done: list[dict[str, Any]] = []
+        done: list[AlarmRow] = []
         for aid in alarm_ids:
             a = await q.get_alarm(tx.conn, aid)
             if a is None:

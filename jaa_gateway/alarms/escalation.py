@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
@@ -24,6 +23,7 @@ from jaa_gateway.effects import Tx
 from jaa_gateway.notifications import enqueue
 from jaa_gateway.presence import Presence
 from jaa_gateway.store import queries as q
+from jaa_gateway.store.rows import AlarmRow
 
 log = structlog.get_logger("jaa_gateway.alarms")
 
@@ -35,7 +35,7 @@ class Escalator:
     presence: Presence
     clock: Callable[[], dt.datetime]
 
-    def timer(self, tx: Tx, a: dict[str, Any]) -> None:
+    def timer(self, tx: Tx, a: AlarmRow) -> None:
         """The alarm's deadline as its row says (none once it is no longer running)."""
         if a["state"] == AlarmState.PREALARM and a["prealarm_until"] is not None:
             tx.set_timer(("alarm", a["id"]), a["prealarm_until"])
@@ -44,13 +44,13 @@ class Escalator:
         else:
             tx.set_timer(("alarm", a["id"]), None)
 
-    def _unwatched_now(self, a: dict[str, Any]) -> int | None:
+    def _unwatched_now(self, a: AlarmRow) -> int | None:
         """For a contact_lost alarm, how many sessions are unwatched now; None otherwise."""
         if a["kind"] != "contact_lost":
             return None
         return self.presence.unwatched_now(self.clock().timestamp())
 
-    async def start(self, tx: Tx, a: dict[str, Any], change: rule.Change | None = None) -> None:
+    async def start(self, tx: Tx, a: AlarmRow, change: rule.Change | None = None) -> None:
         """Escalation begins (`change`: how, if not for an alarm just raised escalating)."""
         if change is None:
             change = rule.start_escalation(
@@ -69,9 +69,12 @@ class Escalator:
 
         await self.writer.write(tx, a, change, steps)
 
-    async def _run_due_steps(self, tx: Tx, a: dict[str, Any]) -> None:
+    async def _run_due_steps(self, tx: Tx, a: AlarmRow) -> None:
+        started_at = a["escalation_started_at"]
+        if started_at is None:  # the state machine starts escalation before any step runs
+            raise ValueError(f"alarm {a['id']} has no escalation start: no steps to run")
         snap = ChainSnapshot.from_json(a["chain"])
-        start = dt.datetime.fromtimestamp(a["escalation_started_at"], dt.UTC)
+        start = dt.datetime.fromtimestamp(started_at, dt.UTC)
         steps = escalation.due_steps(snap, start, int(a["next_k"]), tx.now)
         lang = self.cfg.gateway.language
         person = self.cfg.person(a["person"]) if a["person"] else None
@@ -118,7 +121,7 @@ class Escalator:
     async def _audit_step(
         self,
         tx: Tx,
-        a: dict[str, Any],
+        a: AlarmRow,
         p: escalation.PlannedStep,
         step: StepSnapshot,
         people: escalation.StepPeople,

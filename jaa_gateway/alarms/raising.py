@@ -21,6 +21,7 @@ from jaa_gateway.effects import Tx
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.notifications import enqueue
 from jaa_gateway.store import queries as q
+from jaa_gateway.store.rows import AlarmRow
 from jaa_gateway.store.schema import alarms
 
 log = structlog.get_logger("jaa_gateway.alarms")
@@ -65,12 +66,12 @@ class Raiser:
         lon: float | None,
         chain_id: str,
         prealarm: bool,
-    ) -> dict[str, Any]:
+    ) -> AlarmRow:
         chain = self.cfg.chain(chain_id)
         assert chain is not None  # cross-checked in config
         # the steps are frozen now; who they page is looked up as each goes out
         snap = escalation.snapshot_chain(self.cfg, chain, person, tx.now)
-        row: dict[str, Any] = {
+        row: AlarmRow = {
             "id": "alm-" + secrets.token_hex(8),
             "code": await self._new_code(tx),
             "kind": kind,

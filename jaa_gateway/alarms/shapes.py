@@ -4,6 +4,7 @@ tells its state."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -13,7 +14,7 @@ from jaa_gateway.timeutil import rfc3339
 from jaa_gateway.topics import Topics
 
 
-def state_msg(a: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+def state_msg(a: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
     """The device command that tells the current state of an alarm."""
     st = a["state"]
     if st == AlarmState.PREALARM:
@@ -39,7 +40,7 @@ class AlarmShapes:
     def iso(self, ts: float | None) -> str | None:
         return rfc3339(ts, self._tz)
 
-    def public(self, a: dict[str, Any]) -> dict[str, Any]:
+    def public(self, a: Mapping[str, Any]) -> dict[str, Any]:
         iso = self.iso
         return {
             "id": a["id"],
@@ -61,14 +62,16 @@ class AlarmShapes:
             "note": a["note"],
         }
 
-    def publish(self, tx: Tx, a: dict[str, Any]) -> None:
+    def publish(self, tx: Tx, a: Mapping[str, Any]) -> None:
         """Retained alarm topic while open; an empty retained message clears it."""
         if a["state"] in OPEN:
             tx.publish(self.topics.alarm(a["id"]), self.public(a), retain=True)
         else:
             tx.publish(self.topics.alarm(a["id"]), None, retain=True)
 
-    def tell(self, tx: Tx, device_id: str | None, a: dict[str, Any], re: str | None = None) -> None:
+    def tell(
+        self, tx: Tx, device_id: str | None, a: Mapping[str, Any], re: str | None = None
+    ) -> None:
         """The alarm's state to a device (as the answer to its event `re`, if one)."""
         msg = state_msg(a, tx.now)
         if re is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import and_, update
 
@@ -15,6 +14,7 @@ from jaa_gateway.effects import Tx
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.notifications import OutboxPort
 from jaa_gateway.store import queries as q
+from jaa_gateway.store.rows import AlarmRow, update_alarm_row
 from jaa_gateway.store.schema import notifications
 
 # carried out by the caller, in `then` (they need the caller's service)
@@ -31,7 +31,7 @@ class AlarmWriter:
     async def write(
         self,
         tx: Tx,
-        a: dict[str, Any],
+        a: AlarmRow,
         change: Change,
         then: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
@@ -43,7 +43,7 @@ class AlarmWriter:
             raise ValueError(f"{sorted(_CALLERS & set(change.effects))} need the caller's `then`")
         columns = change.columns()
         await q.update_alarm(tx.conn, a, **columns)
-        a.update(columns)
+        update_alarm_row(a, columns)
         cancelled = 0
         if Effect.CANCEL_STEPS in change.effects:
             cancelled = await self._cancel_steps(tx, a["id"])
