@@ -3,6 +3,7 @@ and resolving an acknowledged alarm."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -127,19 +128,14 @@ class Acks:
         done: list[AlarmRow] = []
         for aid in alarm_ids:
             a = await q.get_alarm(tx.conn, aid)
-            if a is None:
-                return AckResult(False, "not_found", f"No alarm {aid}.")
-            try:
-                change = rule.acknowledge(AlarmState(a["state"]), now=tx.ts, by=by, via=via)
-            except rule.IllegalTransition as e:
-                if e.reason == "already_acknowledged":
-                    if len(alarm_ids) > 1:
-                        continue
-                    detail = f"Alarm {aid} was already acknowledged by {a['acknowledged_by']}."
-                    return AckResult(False, e.reason, detail, (a,))
-                if e.reason == "not_found":
-                    return AckResult(False, e.reason, f"No alarm {aid}.")
-                return AckResult(False, e.reason, f"Alarm {aid} is {a['state']}.")
+            change = _transition(
+                aid, a, lambda state: rule.acknowledge(state, now=tx.ts, by=by, via=via)
+            )
+            if isinstance(change, AckResult):
+                if change.error == "already_acknowledged" and len(alarm_ids) > 1:
+                    continue
+                return change
+            assert a is not None
             if person_id is not None and not await q.was_notified(tx.conn, aid, person_id):
                 await q.add_audit(
                     tx.conn,
@@ -173,18 +169,12 @@ class Acks:
 
     async def resolve(self, tx: Tx, alarm_id: str, *, by: str, note: str) -> AckResult:
         a = await q.get_alarm(tx.conn, alarm_id)
-        if a is None:
-            return AckResult(False, "not_found", f"No alarm {alarm_id}.")
-        try:
-            change = rule.resolve(AlarmState(a["state"]), now=tx.ts, by=by, note=note)
-        except rule.IllegalTransition as e:
-            if e.reason == "not_found":
-                return AckResult(False, e.reason, f"No alarm {alarm_id}.")
-            return AckResult(
-                False,
-                e.reason,
-                f"Alarm {alarm_id} is {a['state']}; only an acknowledged alarm can be resolved.",
-            )
+        change = _transition(
+            alarm_id, a, lambda state: rule.resolve(state, now=tx.ts, by=by, note=note)
+        )
+        if isinstance(change, AckResult):
+            return change
+        assert a is not None
 
         async def audit(_: int) -> None:
             await q.add_audit(tx.conn, tx.ts, "alarm_resolved", actor=by, alarm=alarm_id, note=note)
@@ -192,3 +182,28 @@ class Acks:
 
         await self.writer.write(tx, a, change, audit)
         return AckResult(True, alarms=(a,))
+
+
+def _transition(
+    alarm_id: str, a: AlarmRow | None, step: Callable[[AlarmState], rule.Change]
+) -> rule.Change | AckResult:
+    """The transition `step` of alarm `a`, or the refusal the API and the replies show."""
+    if a is None:
+        return AckResult(False, "not_found", f"No alarm {alarm_id}.")
+    try:
+        return step(AlarmState(a["state"]))
+    except rule.IllegalTransition as e:
+        if e.reason == "already_acknowledged":
+            by = a["acknowledged_by"]
+            return AckResult(
+                False, e.reason, f"Alarm {alarm_id} was already acknowledged by {by}.", (a,)
+            )
+        if e.reason == "not_found":
+            return AckResult(False, e.reason, f"No alarm {alarm_id}.")
+        if e.reason == "not_acknowledged":
+            return AckResult(
+                False,
+                e.reason,
+                f"Alarm {alarm_id} is {a['state']}; only an acknowledged alarm can be resolved.",
+            )
+        return AckResult(False, e.reason, f"Alarm {alarm_id} is {a['state']}.")
