@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: demo test lint typecheck pytest bench soak clean check-mosquitto check-postgres
+.PHONY: demo test lint typecheck pytest bench soak clean check-mosquitto check-postgres check-chromium
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,19 @@ check-postgres:
 	  fi; \
 	fi
 
+# The console's browser tests drive Debian's Chromium through Playwright (its own browser
+# download is not used: tests launch /usr/bin/chromium).
+check-chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "chromium not found: installing it with apt-get"; \
+	    (apt-get install -y chromium || (apt-get update && apt-get install -y chromium)); \
+	  else \
+	    echo "error: the browser tests need Debian's chromium. Install it: sudo apt-get install -y chromium" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check jaa_gateway tests benchmarks
 	$(BIN)/ruff format --check jaa_gateway tests benchmarks
@@ -52,10 +65,10 @@ lint: $(VENV)/.test-installed
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy jaa_gateway
 
-pytest: $(VENV)/.test-installed check-mosquitto check-postgres
+pytest: $(VENV)/.test-installed check-mosquitto check-postgres check-chromium
 	$(BIN)/pytest -q
 
-test: $(VENV)/.test-installed check-mosquitto check-postgres lint typecheck pytest
+test: $(VENV)/.test-installed check-mosquitto check-postgres check-chromium lint typecheck pytest
 
 bench: $(VENV)/.test-installed check-mosquitto
 	$(PY) -m benchmarks.run

@@ -10,17 +10,23 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import structlog
 from aiohttp import web
 
+from jaa_gateway import lease
+from jaa_gateway.adapters.console import Console, DeskStatus
 from jaa_gateway.adapters.http import Health, HttpApi
+from jaa_gateway.adapters.leader_http import leader_middleware
 from jaa_gateway.adapters.mqtt import MqttEdge
 from jaa_gateway.adapters.scheduler import housekeeping_scheduler
 from jaa_gateway.aio import within
-from jaa_gateway.alarms import Acks, AlarmShapes, AlarmWriter, Escalator, Raiser
+from jaa_gateway.alarms import Acks, AlarmWriter, Announcer, Escalator, Raiser
 from jaa_gateway.assessments import Assessments
+from jaa_gateway.board import Board
+from jaa_gateway.cluster import Cluster, Role
 from jaa_gateway.config import Config
 from jaa_gateway.deadlines import Deadlines
 from jaa_gateway.devices import Devices
@@ -40,6 +46,7 @@ from jaa_gateway.store.db import Store
 from jaa_gateway.supervise import Supervisor
 from jaa_gateway.timeutil import utcnow
 from jaa_gateway.topics import Topics
+from jaa_gateway.views import Views
 
 log = structlog.get_logger("jaa_gateway.app")
 
@@ -88,11 +95,22 @@ class App:
     ) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
-        self.store = Store(cfg.gateway.database)
+        # hot standby (CONTRACT §8, cluster.py) -- without [cluster] the gateway always acts
+        cl = cfg.cluster
+        timing = lease.Timing(cl.lease.total_seconds()) if cl is not None else None
+        self.store = Store(
+            cfg.gateway.database,
+            node=cl.node if cl is not None else None,
+            stuck_tx_after=timing.stuck_tx_after if timing is not None else None,
+        )
+        self.role = Role(self.store.node, timing)
+        if timing is not None:
+            self.store.fence = self.role.fence
         self.notifier = notifier or make_notifier(cfg, write=notify_write)
         self.supervisor = Supervisor(self.metrics)
         self.deadlines = Deadlines(on_late=self.metrics.timer_lateness.observe)
         self.outbox = Outbox(cfg, self.store, self.notifier, self.metrics)
+        self.outbox.may_act = self.role.may_act  # cluster hook
         # alarm events jump the queue: an sos must not wait behind a burst of heartbeats
         self.inbox: asyncio.PriorityQueue[tuple[int, int, DeviceEvent | DoorEvent]] = (
             asyncio.PriorityQueue(INBOX_SIZE)
@@ -104,6 +122,8 @@ class App:
             self._enqueue,
             on_connect=self._on_connect,
             on_state=self._on_broker_state,
+            node=cl.node if cl is not None else None,  # cluster hook
+            may_connect=self.role.may_act,  # cluster hook
         )
         self.engine = self._wire_core()
         self.selfwatch = SelfWatch(
@@ -116,18 +136,44 @@ class App:
             supervisor=self.supervisor,
             abandoned=lambda: self.engine.abandoned_deadlines,
         )
+        self.selfwatch.node = cl.node if cl is not None else None  # cluster hook
         self.loop_lag = 0.0
+        # console hooks: sends and delivery statuses are told as committed units are
+        changes = self.engine.changes
+        self.outbox.recorded = lambda: changes.emit("notification")
         self.http = HttpApi(
+            cfg,
             self.engine,
+            Views(self.store, delivered=lambda: changes.emit("delivery")),
+            self.metrics.registry,
             Health(
-                mqtt_connected=lambda: self.mqtt.connected,
+                # cluster hook: a standby is not connected to the broker, and that is healthy
+                mqtt_connected=lambda: self.mqtt.connected or not self.role.may_act(),
                 loop_lag=lambda: self.loop_lag,
                 extra=lambda: [
                     f"degraded: {self.selfwatch.details.get(r, r)}" for r in self.selfwatch.reasons
                 ],
                 warnings=lambda: [CONSOLE_WARNING] if cfg.notify.driver == "console" else [],
+                fields=(
+                    (lambda: {"role": self.role.role, "leader": self.role.leader})
+                    if timing is not None
+                    else dict
+                ),
             ),
         )
+        # the guard console (CONTRACT §9), on the API's server
+        self.console = Console(cfg, self.engine, Board(self.store), changes, self._desk_status)
+        self.console.routes(self.http.app)
+        self.cluster: Cluster | None = None
+        if timing is not None:  # cluster hook: one middleware, keyed on method and path
+            self.http.app.middlewares.append(leader_middleware(self.role))
+            self.cluster = Cluster(
+                self.role,
+                self.store,
+                self.metrics,
+                lead=self._lead,
+                stepped_down=self._stepped_down,
+            )
         self.ready = asyncio.Event()
         # `jaa-gateway run` only: tests and the demo run many Apps in one process
         self.freeze_gc = False
@@ -145,19 +191,17 @@ class App:
             timeout=lambda: cfg.timing.device_timeout.total_seconds(),
             last_seen=devices.last_seen,
         )
-        shapes = AlarmShapes(cfg.tz, topics)
-        writer = AlarmWriter(shapes, metrics, self.outbox)
+        announce = Announcer(cfg.tz, topics)
+        writer = AlarmWriter(announce, metrics, self.outbox)
         escalator = Escalator(cfg, writer, presence, utcnow)
-        raiser = Raiser(cfg, metrics, devices, escalator, shapes)
+        raiser = Raiser(cfg, metrics, devices, escalator, announce)
         acks = Acks(cfg, writer)
         timers = SessionTimers(cfg, topics, presence, raiser)
         assessments = Assessments(cfg)
         sessions = Sessions(cfg, metrics, topics, devices, assessments, timers, acks)
         doors = Doors(cfg, sessions, raiser)
         inbound = Inbound(cfg, metrics, topics, devices, sessions, raiser, acks, doors)
-        services = Services(
-            devices, assessments, presence, timers, escalator, acks, shapes, inbound
-        )
+        services = Services(devices, assessments, presence, timers, escalator, acks, inbound)
         return Engine(
             cfg,
             self.store,
@@ -167,6 +211,20 @@ class App:
             services,
             self.outbox,
             clock=utcnow,
+        )
+
+    def _desk_status(self) -> DeskStatus:
+        """The console's header, from memory."""
+        cl = self.cfg.cluster
+        return DeskStatus(
+            mqtt_connected=self.mqtt.connected or not self.role.may_act(),
+            degraded=[self.selfwatch.details.get(r, r) for r in self.selfwatch.reasons],
+            twilio_failing=self.outbox.failing_since is not None,
+            notify_driver=self.cfg.notify.driver,
+            clustered=cl is not None,
+            may_act=self.role.may_act(),
+            leader=self.role.leader,
+            node=cl.node if cl is not None else None,
         )
 
     async def _enqueue(self, ev: DeviceEvent | DoorEvent) -> None:
@@ -266,7 +324,8 @@ class App:
 
     async def _flush(self) -> None:
         try:
-            await self.engine.flush_devices()
+            if await self.engine.flush_devices():
+                self.engine.changes.emit("devices")
         except Exception:
             log.exception("device_flush_failed")
 
@@ -288,8 +347,13 @@ class App:
         self.http_port = sockets[0].getsockname()[1] if sockets else self.cfg.http.port
         log.info("http_listening", host=self.cfg.http.host, port=self.http_port)
 
+    def _is_ready(self) -> bool:
+        if self.cluster is not None and not self.role.may_act():
+            return self.cluster.first_answer.is_set()  # a standby: once the lease was tried
+        return self.mqtt.connected
+
     async def _wait_ready(self) -> None:
-        while not self.mqtt.connected:  # noqa: ASYNC110 (the edge keeps a flag, not an event)
+        while not self._is_ready():  # noqa: ASYNC110 (the edge keeps a flag, not an event)
             await asyncio.sleep(0.05)
         self.ready.set()
         sd_notify("READY=1")
@@ -313,11 +377,18 @@ class App:
             log.warning("notify_console_driver", warning=CONSOLE_WARNING)
         version = await self.store.migrate()
         log.info("db_ready", schema_version=version)
-        await self.outbox.recover()
+        if self.cluster is None:
+            await self.outbox.recover()
         start = getattr(self.notifier, "start", None)
         if start is not None:
             await start()  # warms the provider client: the first alarm SMS must not pay for it
-        await self.engine.start()
+        if self.cluster is None:
+            await self.engine.start()
+            self.metrics.leader.set(1)
+        else:
+            # a standby answers reads; the config's assessments at least (the API's are loaded
+            # from the store when this node leads)
+            self.engine.svc.assessments.from_config()
         await self._start_http()
         if self.freeze_gc:
             # what start-up built lives as long as the process: out of the collector's way, so
@@ -329,29 +400,17 @@ class App:
             async with asyncio.TaskGroup() as tg:
                 # every long-running task is supervised: an exception in one loop is logged,
                 # counted, reported as degraded and the task restarted; it never ends the daemon
-                sup = self.supervisor.run
                 tasks: dict[str, Callable[[], Awaitable[None]]] = {
-                    "mqtt": self.mqtt.run,
-                    "inbox": self._consume,
-                    "deadlines": lambda: self.deadlines.run(self.engine.on_deadlines),
-                    "outbox": self.outbox.run,
                     "loop-lag": self._lag_monitor,
                     "watchdog": self._watchdog,
-                    "housekeeping": self._housekeeping,
-                    "selfwatch": self.selfwatch.run,
+                    "console": self.console.feed.run,  # on every node: the console reads
                 }
+                if self.cluster is None:
+                    tasks |= self._leader_tasks()
+                else:  # cluster hook: the leader's tasks run while this node leads (_lead)
+                    tasks["cluster"] = self.cluster.run
                 for name, start in tasks.items():
-                    tg.create_task(
-                        sup(
-                            name,
-                            start,
-                            before_restart=self.outbox.reset_after_crash
-                            if name == "outbox"
-                            else None,
-                            stopping=self.stopping.is_set,
-                        ),
-                        name=name,
-                    )
+                    tg.create_task(self._supervised(name, start), name=name)
                 tg.create_task(self._wait_ready(), name="ready")
                 tg.create_task(self._wait_stop(), name="stop")
                 log.info("gateway_started", startup_s=round(time.monotonic() - t0, 3))
@@ -359,6 +418,50 @@ class App:
             pass
         finally:
             await self._shutdown()
+
+    def _leader_tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """What only the node that acts runs: MQTT, events, timers, sends, housekeeping."""
+        return {
+            "mqtt": self.mqtt.run,
+            "inbox": self._consume,
+            "deadlines": lambda: self.deadlines.run(self.engine.on_deadlines),
+            "outbox": self.outbox.run,
+            "housekeeping": self._housekeeping,
+            "selfwatch": self.selfwatch.run,
+        }
+
+    def _supervised(
+        self, name: str, start: Callable[[], Awaitable[None]]
+    ) -> Coroutine[Any, Any, None]:
+        return self.supervisor.run(
+            name,
+            start,
+            before_restart=self.outbox.reset_after_crash if name == "outbox" else None,
+            stopping=self.stopping.is_set,
+        )
+
+    # ------------------------------------------------------------------ hot standby
+
+    async def _lead(self) -> None:
+        """This node leads (cluster.py): start as a restart does (CONTRACT §7.1), from the
+        store, and run the leader's tasks until cancelled."""
+        now = self.engine.clock().timestamp()
+        self.engine.presence.afresh(now)  # every watched device gets a full device_timeout
+        await self.outbox.recover()
+        await self.engine.start()
+        async with asyncio.TaskGroup() as tg:
+            for name, start in self._leader_tasks().items():
+                tg.create_task(self._supervised(name, start), name=name)
+
+    async def _stepped_down(self) -> None:
+        """The leader's tasks are cancelled: forget what this node held as leader."""
+        self.mqtt.forget()
+        self.engine.forget()
+        self.outbox.forget()
+        self.selfwatch.reasons = []
+        while not self.inbox.empty():
+            self.inbox.get_nowait()
+        self.metrics.inbox_depth.set(0)
 
     async def _shutdown(self) -> None:
         sd_notify("STOPPING=1")

@@ -75,6 +75,10 @@ class Assessments:
                 log.error("assessment_unreadable", assessment=aid)
         self._set(loaded)
 
+    def from_config(self) -> None:
+        """The config's assessments only, without the store (a standby answering reads)."""
+        self._set({a.id: a for a in self._cfg.assessments})
+
     def _set(self, items: dict[str, Assessment]) -> None:
         self.by_id = items
         by_person: dict[str, list[Assessment]] = {}

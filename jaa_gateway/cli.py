@@ -1,4 +1,4 @@
-"""Command line: run · check-config · demo · device · door."""
+"""Command line: run · check-config · hash-password · demo · device · door."""
 
 from __future__ import annotations
 
@@ -57,6 +57,27 @@ def _run(path: str) -> int:
     from jaa_gateway.app import run_daemon
 
     return run_daemon(cfg, config_path=path)
+
+
+def _hash_password() -> int:
+    """CONTRACT §1: twice from a terminal, once from stdin; prints the bcrypt hash."""
+    import getpass
+
+    from jaa_gateway.passwords import BadPassword, hash_password
+
+    if sys.stdin.isatty():
+        first = getpass.getpass("Console password: ")
+        if getpass.getpass("Again: ") != first:
+            print("error: the two passwords differ; nothing printed", file=sys.stderr)
+            return 1
+    else:
+        first = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    try:
+        print(hash_password(first))
+    except BadPassword as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _demo(speed: float, keep_running: bool) -> int:
@@ -195,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--config", required=True, help="path to the TOML config")
     p_check = sub.add_parser("check-config", help="validate a config file")
     p_check.add_argument("path")
+    sub.add_parser(
+        "hash-password",
+        help="read a console password (twice from a terminal, once from stdin) and print its "
+        "bcrypt hash for people's console_password",
+    )
 
     p_demo = sub.add_parser("demo", help="a scripted tour on an embedded broker (exits 0 when OK)")
     p_demo.add_argument(
@@ -244,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.path)
     if args.command == "run":
         return _run(args.config)
+    if args.command == "hash-password":
+        return _hash_password()
     if args.command == "demo":
         return _demo(args.speed, args.keep_running)
     if args.command == "device":

@@ -48,6 +48,12 @@ class Deadlines:
         if self._heap[0][2] == key:
             self._changed.set()
 
+    def clear(self) -> None:
+        """Forget every deadline (hot standby: a node that steps down)."""
+        self._heap.clear()
+        self._due.clear()
+        self._changed.set()
+
     def discard(self, key: Key) -> None:
         self._due.pop(key, None)
 

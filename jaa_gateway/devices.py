@@ -41,6 +41,11 @@ class Devices:
                 position_at=r["position_at"],
             )
 
+    def forget(self) -> None:
+        """Hot standby: a node that steps down drops what it heard (`load` reads it back)."""
+        self.states.clear()
+        self._dirty.clear()
+
     def get(self, device_id: str | None) -> DeviceState | None:
         return self.states.get(device_id) if device_id else None
 

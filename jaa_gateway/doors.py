@@ -27,6 +27,10 @@ class Doors:
     raiser: Raiser
     _last_notice: dict[str, dt.datetime] = field(default_factory=dict, init=False)
 
+    def forget(self) -> None:
+        """Hot standby: a node that steps down forgets when it last sent a notice."""
+        self._last_notice.clear()
+
     async def handle(self, tx: Tx, ev: DoorEvent) -> tuple[str | None, dict[str, Any] | None]:
         """A door event (not a repeat); returns what it refers to and the reply to store."""
         loc = self.cfg.location_of_door(ev.door_id)

@@ -13,16 +13,17 @@ import asyncio
 import datetime as dt
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 from sqlalchemy import delete
 
-from jaa_gateway.alarms import AckResult, Acks, AlarmShapes, Escalator
+from jaa_gateway.alarms import AckResult, Acks, Escalator
 from jaa_gateway.assessments import Assessments
+from jaa_gateway.changes import Changes
 from jaa_gateway.config import Assessment, Config
 from jaa_gateway.deadlines import Deadlines, Key
 from jaa_gateway.devices import Devices
@@ -61,7 +62,6 @@ class Services:
     timers: SessionTimers
     escalator: Escalator
     acks: Acks
-    shapes: AlarmShapes
     inbound: Inbound
 
 
@@ -93,6 +93,19 @@ class Engine:
         self._deadline_failures: RepeatFailures[Key] = RepeatFailures()
         # deadlines given up on (key -> why): the self-watch reports them as degraded
         self.abandoned_deadlines: dict[Key, str] = {}
+        # committed units are told here (the console's live page), as MQTT gets their answers
+        self.changes = Changes()
+
+    def forget(self) -> None:
+        """Hot standby (cluster.py): a node that steps down drops what it knew as leader;
+        `start()` rebuilds it all from the store if it leads again."""
+        svc = self.svc
+        self.deadlines.clear()
+        svc.devices.forget()
+        svc.inbound.forget()
+        svc.presence.forget()
+        self.abandoned_deadlines.clear()
+        self._deadline_failures = RepeatFailures()
 
     # ------------------------------------------------------------------ the unit of work
 
@@ -125,6 +138,7 @@ class Engine:
                 self.outbox.wake()
             for fn in tx.after_commit:
                 fn()
+            self.changes.emit("state")
         for topic, payload, retain in tx.publishes:
             try:
                 await self.publisher.publish(topic, payload, retain=retain, wait=wait_publish)
@@ -158,12 +172,6 @@ class Engine:
 
     # ------------------------------------------------------------------ the HTTP API's calls
 
-    def iso(self, ts: float | None) -> str | None:
-        return self.svc.shapes.iso(ts)
-
-    def alarm_public(self, a: Mapping[str, Any]) -> dict[str, Any]:
-        return self.svc.shapes.public(a)
-
     @property
     def assessments(self) -> dict[str, Assessment]:
         return self.svc.assessments.by_id
@@ -180,15 +188,17 @@ class Engine:
         async with self.unit() as tx:
             return await self.svc.acks.ack(tx, alarm_ids, by=by, via=via, person_id=person_id)
 
-    async def resolve(self, alarm_id: str, *, by: str, note: str) -> AckResult:
+    async def resolve(
+        self, alarm_id: str, *, by: str, note: str, via: str | None = None
+    ) -> AckResult:
         async with self.unit() as tx:
-            return await self.svc.acks.resolve(tx, alarm_id, by=by, note=note)
+            return await self.svc.acks.resolve(tx, alarm_id, by=by, note=note, via=via)
 
     async def republish_open_alarms(self) -> None:
         """After a (re)connect: the retained topics may have been lost with the broker."""
         async with self.unit() as tx:
             for a in await q.open_alarms(tx.conn):
-                self.svc.shapes.publish(tx, a)
+                self.svc.escalator.writer.announce.publish(tx, a)
 
     # ------------------------------------------------------------------ inbound events
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from jaa_gateway.alarms import Acks, Raiser, state_msg
+from jaa_gateway.alarms import Acks, Raiser
 from jaa_gateway.config import Config
 from jaa_gateway.devices import Devices
 from jaa_gateway.domain.events import DeviceEvent, DoorEvent
@@ -19,6 +19,7 @@ from jaa_gateway.metrics import Metrics
 from jaa_gateway.sessions import Sessions
 from jaa_gateway.store import queries as q
 from jaa_gateway.topics import Topics
+from jaa_gateway.wire import mqtt as mqtt_wire
 
 log = structlog.get_logger("jaa_gateway.engine")
 
@@ -41,6 +42,11 @@ class Inbound:
     # in-memory first line of deduplication for heartbeats (never stored: a repeated
     # heartbeat changes nothing but last_seen)
     _recent_heartbeats: dict[tuple[str, str], None] = field(default_factory=dict, init=False)
+
+    def forget(self) -> None:
+        """Hot standby: a node that steps down drops what it remembered in memory."""
+        self._recent_heartbeats.clear()
+        self.doors.forget()
 
     def needs_unit(self, ev: DeviceEvent | DoorEvent) -> bool:
         """What needs no transaction is done here: a heartbeat only moves last_seen (stored in
@@ -88,11 +94,9 @@ class Inbound:
                 self.metrics.rejected.labels(reason="duplicate").inc()
                 await self._answer_again(tx, seen, ev.device_id, None, ev.id)
                 return
-            denial = {
-                "type": "session_denied",
-                "reason": "unknown_device",
-                "detail": f"Device {ev.device_id} is not registered with the gateway.",
-            }
+            denial = mqtt_wire.session_denied(
+                "unknown_device", f"Device {ev.device_id} is not registered with the gateway."
+            )
             await q.add_audit(
                 tx.conn,
                 tx.ts,
@@ -182,16 +186,16 @@ class Inbound:
             if s is not None:
                 session_device = s["device"]
                 msg = (
-                    self.sessions.started_msg(s)
+                    mqtt_wire.session_started(s, self.cfg.tz)
                     if s["active"]
-                    else {"type": "session_ended", "session": s["id"]}
+                    else mqtt_wire.session_ended(s["id"])
                 )
         elif ref and ref.startswith("alm-"):
             a = await q.get_alarm(tx.conn, ref)
             if a is not None:
-                msg = state_msg(a, tx.now)
+                msg = mqtt_wire.alarm_state(a, tx.now)
         elif seen["type"] == "cancel":
-            msg = {"type": "alarm_cancelled", "alarm": None}
+            msg = mqtt_wire.alarm_cancelled(None)
         if msg is None:
             return
         msg["re"] = event_id

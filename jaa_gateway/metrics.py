@@ -27,6 +27,7 @@ SUPERVISED_TASKS = (
     "watchdog",
     "housekeeping",
     "selfwatch",
+    "cluster",
 )
 
 
@@ -79,6 +80,11 @@ class Metrics:
             "jaa_gateway_degraded",
             "1 while the gateway cannot notify or cannot write its database",
             registry=r,
+        )
+        # hot standby (CONTRACT §8): 1 on the node that leads (a gateway alone always does)
+        self.leader = Gauge("jaa_gateway_leader", "1 while this node is the leader", registry=r)
+        self.leader_changes = Counter(
+            "jaa_gateway_leader_changes", "Times this node became the leader", registry=r
         )
         self.loop_lag = Gauge(
             "jaa_event_loop_lag_seconds", "Last measured event loop lag", registry=r

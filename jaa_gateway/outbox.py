@@ -81,6 +81,11 @@ class Outbox:
         self.last_success: float | None = None
         self.last_failure: float | None = None
         self.failing_since: float | None = None
+        # hot standby (CONTRACT §8): asked right before each provider request; a node that is
+        # not (or no longer surely) the leader sends nothing (App sets it when clustered)
+        self.may_act: Callable[[], bool] = lambda: True
+        # console hook: told after a send's outcome is stored (App sets it)
+        self.recorded: Callable[[], None] = lambda: None
 
     def wake(self) -> None:
         self._wake.set()
@@ -294,6 +299,11 @@ class Outbox:
             # built here, so that a document that cannot be built counts as a failed attempt
             # of these rows (bounded by POISON_TRIES) and never escapes into the task group
             twiml = call_document(group, more, self.cfg.gateway.language, self.cfg.http.public_url)
+            # the pace counts from the request, not the claim: a claim that waited (a busy
+            # loop, the send window) must not bring the next call closer than call_spacing
+            spacing = self.cfg.notify.call_spacing.total_seconds()
+            ok_at = self.clock().timestamp() + spacing
+            self._call_ok_at[phone] = max(self._call_ok_at.get(phone, 0.0), ok_at)
             return await self.notifier.place_call(phone, twiml, status_callback=self.status_url)
 
         await self._attempt(group, "call", send)
@@ -315,6 +325,11 @@ class Outbox:
 
     async def _attempt(self, rows: list[dict[str, Any]], channel: str, send: Any) -> None:
         ids = [r["id"] for r in rows]
+        if not self.may_act():
+            # the rows stay claimed ('sending'): the leader that took over requeues them
+            log.warning("outbox_send_withheld_not_leader", notifications=ids, channel=channel)
+            self._in_flight.difference_update(ids)
+            return
         t0 = asyncio.get_running_loop().time()
         result: SendResult | None = None
         error: TransportError | None = None
@@ -420,6 +435,7 @@ class Outbox:
                     notification=r["id"],
                     **detail,
                 )
+        self.recorded()
         if dropped:
             return
         if result is not None:
@@ -454,6 +470,14 @@ class Outbox:
                 status=error.status,
                 code=error.code,
             )
+
+    def forget(self) -> None:
+        """Hot standby: after stepping down, what this node held in memory as leader goes;
+        the next leader (this node again, maybe) starts from the store (`recover`)."""
+        self._direct.clear()
+        self._in_flight.clear()
+        self._stopped.clear()
+        self._call_ok_at.clear()
 
     async def reset_after_crash(self) -> None:
         """Before the supervisor restarts a crashed sender: its send tasks died with it, so the

@@ -64,6 +64,11 @@ class Presence:
         self._deadlines = deadlines
         self._timeout = timeout
         self._last_seen = last_seen
+        self.forget()
+
+    def forget(self) -> None:
+        """The state of a new Presence: at construction, and (hot standby, cluster.py) when a
+        node steps down and drops what it knew as leader."""
         self._watches: dict[str, tuple[str, float]] = {}
         self._fresh: dict[str, float] = {}
         self.up = False
@@ -73,6 +78,8 @@ class Presence:
         self.episode: Episode | None = None
         self._sinces: tuple[float, dict[str, float]] | None = None
         self._began: tuple[Tx, str] | None = None
+        # hot standby: the instant this node took over; every watch counts from it at least
+        self._afresh = 0.0
 
     # ------------------------------------------------------------------ watches
 
@@ -91,7 +98,12 @@ class Presence:
     def since(self, session: str, device: str, started: float) -> float:
         """The instant this session's device_timeout counts from."""
         seen = self._last_seen(device)
-        return max(seen if seen is not None else 0.0, started, self._fresh.get(session, 0.0))
+        return max(
+            seen if seen is not None else 0.0,
+            started,
+            self._fresh.get(session, 0.0),
+            self._afresh,
+        )
 
     def due(self, session: str, device: str, started: float) -> float:
         return self.since(session, device, started) + self._timeout()
@@ -114,6 +126,12 @@ class Presence:
         )
 
     # ------------------------------------------------------------------ the broker
+
+    def afresh(self, now: float) -> None:
+        """Hot standby (CONTRACT §8): a node that takes over gives every watched device a full
+        device_timeout from `now` (what it heard before is the old leader's business)."""
+        self._afresh = now
+        self._sinces = None
 
     def started(self, now: float) -> None:
         """At start-up: until the first connect, the broker counts as away since now."""

@@ -67,6 +67,8 @@ class SelfWatch:
         self._notified_at: dt.datetime | None = None
         self._unaudited: list[tuple[float, str, dict[str, Any]]] = []
         self.status_topic = Topics(cfg.mqtt.topic_prefix).status
+        # hot standby (CONTRACT §8): the status names the node (set by App when clustered)
+        self.node: str | None = None
 
     async def check(self) -> list[str]:
         now = self.clock()
@@ -103,12 +105,14 @@ class SelfWatch:
         return reasons
 
     def status_payload(self) -> dict[str, Any]:
+        node = {"node": self.node} if self.node is not None else {}
         if not self.reasons:
-            return {"state": "online"}
+            return {"state": "online", **node}
         return {
             "state": "degraded",
             "reason": texts.degraded_reasons("en", self.reasons),
             "reasons": list(self.reasons),
+            **node,
         }
 
     async def republish(self) -> None:

@@ -7,7 +7,7 @@ timers from the store (`set`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from jaa_gateway.alarms import Raiser
 from jaa_gateway.config import Config
@@ -17,6 +17,7 @@ from jaa_gateway.effects import Tx
 from jaa_gateway.presence import Presence
 from jaa_gateway.store import queries as q
 from jaa_gateway.topics import Topics
+from jaa_gateway.wire import mqtt as mqtt_wire
 
 KINDS = ("checkin", "overrun", "offline")
 
@@ -89,7 +90,13 @@ class SessionTimers:
         await self._apply(tx, s, step, "overrun", grace, "session_overrun")
 
     async def _apply(
-        self, tx: Tx, s: dict[str, Any], step: rule.Step, kind: str, grace: float, alarm: str
+        self,
+        tx: Tx,
+        s: dict[str, Any],
+        step: rule.Step,
+        kind: Literal["checkin", "overrun"],
+        grace: float,
+        alarm: str,
     ) -> None:
         """Carry out a step of the check-in or overrun machine: compare-and-set its columns,
         ask the worker (checkin_due, reason `kind`) or raise `alarm`, set the timer."""
@@ -97,11 +104,7 @@ class SessionTimers:
             await q.update_session(tx.conn, s, **step.values)
         if step.ask:
             await q.add_audit(tx.conn, tx.ts, "checkin_due", session=s["id"], reason=kind)
-            self.topics.to_device(
-                tx,
-                s["device"],
-                {"type": "checkin_due", "session": s["id"], "reason": kind, "grace_s": grace},
-            )
+            self.topics.to_device(tx, s["device"], mqtt_wire.checkin_due(s["id"], kind, grace))
         if step.timer is not None:
             tx.set_timer((kind, s["id"]), step.timer)
         if step.alarm:

@@ -25,6 +25,7 @@ from jaa_gateway.store import queries as q
 from jaa_gateway.store.schema import sessions
 from jaa_gateway.timeutil import from_ts, rfc3339
 from jaa_gateway.topics import Topics
+from jaa_gateway.wire import mqtt as mqtt_wire
 
 log = structlog.get_logger("jaa_gateway.sessions")
 
@@ -40,15 +41,6 @@ class Sessions:
     assessments: Assessments
     timers: SessionTimers
     acks: Acks
-
-    def started_msg(self, s: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "type": "session_started",
-            "session": s["id"],
-            "location": s["location"],
-            "checkin_interval_s": s["checkin_interval_s"],
-            "ends_at": rfc3339(s["ends_at"], self.cfg.tz),
-        }
 
     def _answer(
         self, tx: Tx, device_id: str | None, door_id: str | None, msg: dict[str, Any]
@@ -145,7 +137,9 @@ class Sessions:
         )
         log.info("session_started", session=sid, person=person.id, location=location_id)
         self.timers.set(tx, row)
-        self._answer(tx, dev, door_id, self.started_msg(row) | {"re": event_id})
+        self._answer(
+            tx, dev, door_id, mqtt_wire.session_started(row, self.cfg.tz) | {"re": event_id}
+        )
         metrics = self.metrics
         tx.after_commit.append(lambda: metrics.sessions_active.inc())
         return sid, None
@@ -174,7 +168,7 @@ class Sessions:
                 device=device_id,
             )
             self.timers.set(tx, active)
-        msg = self.started_msg(active) | {"re": event_id}
+        msg = mqtt_wire.session_started(active, self.cfg.tz) | {"re": event_id}
         self._answer(tx, device_id or active["device"], door_id, msg)
         return active["id"], None
 
@@ -189,7 +183,7 @@ class Sessions:
         reason: str,
         detail: str,
     ) -> dict[str, Any]:
-        reply = {"type": "session_denied", "reason": reason, "detail": detail}
+        reply = mqtt_wire.session_denied(reason, detail)
         await q.add_audit(
             tx.conn,
             tx.ts,
@@ -250,12 +244,11 @@ class Sessions:
                 tx.conn, tx.ts, "session_end_ignored", actor=person.id, reason="no active session"
             )
             # answered all the same: a reader or device that repeats until answered must stop
-            self._answer(
-                tx, device_id, door_id, {"type": "session_ended", "session": None, "re": event_id}
-            )
+            nothing = mqtt_wire.session_ended(None) | {"re": event_id}
+            self._answer(tx, device_id, door_id, nothing)
             return None
         await self.end(tx, s, reason=reason, actor=person.id)
-        msg = {"type": "session_ended", "session": s["id"], "re": event_id}
+        msg = mqtt_wire.session_ended(s["id"]) | {"re": event_id}
         self._answer(tx, s["device"] or device_id, door_id, msg)
         return str(s["id"])
 

@@ -143,3 +143,50 @@ def test_package_relative_imports_resolve_from_the_package() -> None:
     src = "from .adapters import y"
     assert adapter_imports(src, "jaa_gateway", is_package=True)
     assert not adapter_imports(src, "jaa_gateway.notify", is_package=True)
+
+
+# The HTTP edge reads through `jaa_gateway.views` and commands through its `AlarmDesk`
+# protocol: no SQL, no store, no concrete engine (issue 12).
+HTTP_EDGE = (
+    "jaa_gateway.adapters.http",
+    "jaa_gateway.adapters.http_common",
+    "jaa_gateway.adapters.twilio_webhooks",
+    # the guard console reads through `jaa_gateway.board` and acts through the AlarmDesk
+    "jaa_gateway.adapters.console.auth",
+    "jaa_gateway.adapters.console.feed",
+    "jaa_gateway.adapters.console.model",
+    "jaa_gateway.adapters.console.routes",
+    "jaa_gateway.adapters.console.texts",
+)
+HTTP_FORBIDDEN = ("sqlalchemy", "jaa_gateway.store", "jaa_gateway.engine")
+
+
+def forbidden_in_http(source: str, module: str) -> list[str]:
+    return [
+        f"{module}:{line} imports {name}"
+        for line, name in imported_names(source, module)
+        if any(name == f or name.startswith(f + ".") for f in HTTP_FORBIDDEN)
+    ]
+
+
+def test_the_http_edge_has_no_sql_and_no_engine() -> None:
+    offenders: list[str] = []
+    for module in HTTP_EDGE:
+        path = PACKAGE_DIR.parent.joinpath(*module.split(".")).with_suffix(".py")
+        offenders += forbidden_in_http(path.read_text(encoding="utf-8"), module)
+    assert offenders == [], "the HTTP edge must call services only:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from sqlalchemy import select",
+        "import sqlalchemy.dialects.sqlite",
+        "from jaa_gateway.store import queries as q",
+        "from jaa_gateway.store.schema import alarms",
+        "from jaa_gateway.engine import Engine",
+        "from jaa_gateway import engine",
+    ],
+)
+def test_the_http_check_sees_sql_and_the_engine(source: str) -> None:
+    assert forbidden_in_http(source, "jaa_gateway.adapters.http"), source

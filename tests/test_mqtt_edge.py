@@ -19,7 +19,7 @@ import aiomqtt
 import pytest
 from pydantic import SecretStr
 
-from jaa_gateway.adapters.mqtt import MAX_IN_FLIGHT, MqttEdge, backoff_delay
+from jaa_gateway.adapters.mqtt import MAX_IN_FLIGHT, MqttEdge, reconnect_delay
 from jaa_gateway.config import MqttSection
 from jaa_gateway.domain.events import DeviceEvent, DoorEvent
 from jaa_gateway.metrics import Metrics
@@ -269,12 +269,12 @@ BACKOFF_BOUND = 5.5
 
 
 def test_backoff_is_jittered_exponential_and_capped() -> None:
-    assert backoff_delay(0, lambda: 0.0) == pytest.approx(0.1)
-    assert backoff_delay(0, lambda: 1.0) == pytest.approx(0.2)
-    assert backoff_delay(3, lambda: 1.0) == pytest.approx(1.6)
-    assert backoff_delay(50, lambda: 1.0) == pytest.approx(5.0)
-    assert backoff_delay(50, lambda: 0.0) == pytest.approx(2.5)
-    assert len({round(backoff_delay(4), 6) for _ in range(20)}) > 1
+    assert reconnect_delay(0, lambda: 0.0) == pytest.approx(0.1)
+    assert reconnect_delay(0, lambda: 1.0) == pytest.approx(0.2)
+    assert reconnect_delay(3, lambda: 1.0) == pytest.approx(1.6)
+    assert reconnect_delay(50, lambda: 1.0) == pytest.approx(5.0)
+    assert reconnect_delay(50, lambda: 0.0) == pytest.approx(2.5)
+    assert len({round(reconnect_delay(4), 6) for _ in range(20)}) > 1
 
 
 async def test_stop_while_the_broker_is_unreachable_is_prompt(tmp_path: Path) -> None:

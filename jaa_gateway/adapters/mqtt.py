@@ -35,15 +35,15 @@ import structlog
 
 from jaa_gateway.adapters.events import Rejected, parse_message
 from jaa_gateway.aio import wait_event, within
+from jaa_gateway.backoff import backoff_delay
 from jaa_gateway.config import MqttSection
 from jaa_gateway.domain.events import DeviceEvent, DoorEvent
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.topics import Topics
+from jaa_gateway.wire.mqtt import gateway_status
 
 log = structlog.get_logger("jaa_gateway.mqtt")
 
-OFFLINE: Final = b'{"state":"offline"}'
-ONLINE: Final = b'{"state":"online"}'
 
 BUFFER_LIMIT: Final = 10_000
 # QoS 1 publishes awaiting their PUBACK. Answers go out at this window per round trip: 8 (under
@@ -99,10 +99,14 @@ def encode_payload(payload: dict[str, Any] | bytes | None) -> bytes:
     ).encode("utf-8")
 
 
-def backoff_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with jitter in [d/2, d], d = min(cap, base * 2**attempt)."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 16))
-    return ceiling * (0.5 + 0.5 * rand())
+OFFLINE: Final = encode_payload(gateway_status("offline"))
+ONLINE: Final = encode_payload(gateway_status("online"))
+
+
+def reconnect_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """The pause before reconnect ``attempt`` (0 = the first): in [d/2, d],
+    d = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)."""
+    return backoff_delay(attempt + 1, base=BACKOFF_BASE, cap=BACKOFF_CAP, floor=0.5, rand=rand)
 
 
 @dataclass(eq=False, repr=False)
@@ -140,8 +144,17 @@ class MqttEdge:
         on_state: Callable[[bool], None] | None = None,
         clock: Callable[[], dt.datetime] = _utc_now,
         buffer_limit: int = BUFFER_LIMIT,
+        node: str | None = None,
+        may_connect: Callable[[], bool] = lambda: True,
     ) -> None:
         self._section = section
+        # hot standby (CONTRACT §8): only the leader connects with the client id, and the
+        # status names the node; a gateway alone passes neither
+        self._may_connect = may_connect
+        self._online = ONLINE if node is None else encode_payload({"state": "online", "node": node})
+        self._offline = (
+            OFFLINE if node is None else encode_payload({"state": "offline", "node": node})
+        )
         self._metrics = metrics
         self._on_event = on_event
         self._on_connect = on_connect
@@ -220,6 +233,10 @@ class MqttEdge:
         attempt = 0
         try:
             while not self._stopping.is_set():
+                if not self._may_connect():
+                    # not the leader (any more): never take the persistent session
+                    await wait_event(self._stopping, 0.1)
+                    continue
                 began = loop.time()
                 connected_once = False
                 # except*: a connection runs in a TaskGroup, which wraps what it raises.
@@ -242,7 +259,7 @@ class MqttEdge:
                     break
                 if connected_once and loop.time() - began >= STABLE_AFTER:
                     attempt = 0
-                delay = backoff_delay(attempt)
+                delay = reconnect_delay(attempt)
                 attempt += 1
                 log.info("mqtt_reconnect_wait", delay_s=round(delay, 3), attempt=attempt)
                 await wait_event(self._stopping, delay)
@@ -264,6 +281,17 @@ class MqttEdge:
         except TimeoutError:
             log.error("mqtt_stop_timeout", timeout_s=STOP_TIMEOUT)
 
+    def forget(self) -> None:
+        """Hot standby: after stepping down (run() cancelled), drop what was queued as leader,
+        so that a later term does not publish stale answers, and allow run() again."""
+        for item in self._buffer:
+            item.release()
+        self._buffer.clear()
+        self._live = 0
+        self._retained.clear()
+        self._flying.clear()
+        self._stopping.clear()
+
     # ------------------------------------------------------------------ connection
 
     def _make_client(self) -> aiomqtt.Client:
@@ -280,7 +308,7 @@ class MqttEdge:
             identifier=s.client_id,
             protocol=aiomqtt.ProtocolVersion.V311,
             clean_session=False,
-            will=aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True),
+            will=aiomqtt.Will(self.status_topic, self._offline, qos=1, retain=True),
             keepalive=KEEPALIVE,
             timeout=OP_TIMEOUT,
             tls_params=tls,
@@ -301,7 +329,7 @@ class MqttEdge:
                 async with client:  # returns only after a CONNACK that accepted us
                     accepted = True
                     self._metrics.mqtt_reconnects.inc()
-                    await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
+                    await client.publish(self.status_topic, self._online, qos=1, retain=True)
                     granted = await client.subscribe([(t, 1) for t in self.subscriptions])
                     if any(_refused(code) for code in granted):
                         raise aiomqtt.MqttError(f"subscription refused by the broker: {granted}")
@@ -326,7 +354,7 @@ class MqttEdge:
                         # A clean DISCONNECT discards the will, so say it ourselves.
                         with contextlib.suppress(aiomqtt.MqttError):
                             await client.publish(
-                                self.status_topic, OFFLINE, qos=1, retain=True, timeout=2.0
+                                self.status_topic, self._offline, qos=1, retain=True, timeout=2.0
                             )
                     log.info("mqtt_disconnecting", graceful=graceful)
                 # Disconnected. The reader hands what aiomqtt already acknowledged to the

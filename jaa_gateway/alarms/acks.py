@@ -18,6 +18,7 @@ from jaa_gateway.effects import Tx
 from jaa_gateway.notifications import enqueue
 from jaa_gateway.store import queries as q
 from jaa_gateway.store.rows import AlarmRow
+from jaa_gateway.wire import mqtt as mqtt_wire
 
 log = structlog.get_logger("jaa_gateway.alarms")
 
@@ -48,8 +49,8 @@ class Acks:
             a = await q.open_alarm_of_device(tx.conn, ev.device_id)
         if a is None:
             await q.add_audit(tx.conn, tx.ts, "cancel_without_alarm", actor=ev.device_id)
-            self.writer.shapes.topics.to_device(
-                tx, ev.device_id, {"type": "alarm_cancelled", "alarm": None, "re": ev.id}
+            self.writer.announce.topics.to_device(
+                tx, ev.device_id, mqtt_wire.alarm_cancelled(None) | {"re": ev.id}
             )
             return None
         change = rule.worker_cancel(
@@ -66,7 +67,7 @@ class Acks:
             await self.writer.write(tx, a, change, cancelled)
         elif change is not None:
             await self._worker_ok(tx, a, person, change)
-        self.writer.shapes.tell(tx, ev.device_id, a, re=ev.id)
+        self.writer.announce.tell(tx, ev.device_id, a, re=ev.id)
         return str(a["id"])
 
     async def worker_reports_ok(self, tx: Tx, device_id: str, kinds: tuple[str, ...]) -> None:
@@ -167,7 +168,9 @@ class Acks:
             done.append(a)
         return AckResult(True, alarms=tuple(done))
 
-    async def resolve(self, tx: Tx, alarm_id: str, *, by: str, note: str) -> AckResult:
+    async def resolve(
+        self, tx: Tx, alarm_id: str, *, by: str, note: str, via: str | None = None
+    ) -> AckResult:
         a = await q.get_alarm(tx.conn, alarm_id)
         change = _transition(
             alarm_id, a, lambda state: rule.resolve(state, now=tx.ts, by=by, note=note)
@@ -177,7 +180,9 @@ class Acks:
         assert a is not None
 
         async def audit(_: int) -> None:
-            await q.add_audit(tx.conn, tx.ts, "alarm_resolved", actor=by, alarm=alarm_id, note=note)
+            await q.add_audit(
+                tx.conn, tx.ts, "alarm_resolved", actor=by, alarm=alarm_id, note=note, via=via
+            )
             log.info("alarm_resolved", alarm=alarm_id, by=by)
 
         await self.writer.write(tx, a, change, audit)

@@ -24,6 +24,7 @@ from jaa_gateway.notifications import enqueue
 from jaa_gateway.presence import Presence
 from jaa_gateway.store import queries as q
 from jaa_gateway.store.rows import AlarmRow
+from jaa_gateway.timeutil import rfc3339
 
 log = structlog.get_logger("jaa_gateway.alarms")
 
@@ -138,7 +139,7 @@ class Escalator:
             run=p.run,
             step=p.step_index,
             keep_paging=p.is_keep_paging,
-            due_at=self.writer.shapes.iso((start + p.offset).timestamp()),
+            due_at=rfc3339((start + p.offset).timestamp(), self.cfg.tz),
             targets=[t.person_id for t in people.targets],
             paged=[pg.to_json() for pg in people.pages],
             via=list(step.via),

@@ -10,8 +10,8 @@ from typing import Any
 import structlog
 from sqlalchemy import insert
 
+from jaa_gateway.alarms.announce import Announcer
 from jaa_gateway.alarms.escalation import Escalator
-from jaa_gateway.alarms.shapes import AlarmShapes
 from jaa_gateway.config import Config, Person
 from jaa_gateway.devices import Devices
 from jaa_gateway.domain import escalation, texts
@@ -36,7 +36,7 @@ class Raiser:
     metrics: Metrics
     devices: Devices
     escalator: Escalator
-    shapes: AlarmShapes
+    announce: Announcer
 
     async def _new_code(self, tx: Tx) -> str:
         """A 4-digit code, unique among open alarms while that is possible.
@@ -130,7 +130,7 @@ class Raiser:
         tx.after_commit.append(lambda: metrics.alarms_open.inc())
         if prealarm:
             tx.set_timer(("alarm", row["id"]), row["prealarm_until"])
-            self.shapes.publish(tx, row)
+            self.announce.publish(tx, row)
         else:
             await self.escalator.start(tx, row)
         return row
@@ -152,7 +152,7 @@ class Raiser:
                 alarm=existing["id"],
                 kind=ev.type,
             )
-            self.shapes.tell(tx, ev.device_id, existing, re=ev.id)
+            self.announce.tell(tx, ev.device_id, existing, re=ev.id)
             return str(existing["id"])
         s = await q.active_session_of(tx.conn, person.id)
         st = self.devices.get(ev.device_id)
@@ -171,7 +171,7 @@ class Raiser:
             prealarm=ev.type == "man_down",
         )
         # prealarm or alarm_raised, answering the event like every other answer (its "re")
-        self.shapes.tell(tx, ev.device_id, row, re=ev.id)
+        self.announce.tell(tx, ev.device_id, row, re=ev.id)
         return str(row["id"])
 
     async def session_alarm(self, tx: Tx, s: dict[str, Any], kind: str) -> str:
@@ -188,7 +188,7 @@ class Raiser:
             chain_id=self._chain_of(s["location"]),
             prealarm=False,
         )
-        self.shapes.tell(tx, s["device"], row)
+        self.announce.tell(tx, s["device"], row)
         return str(row["id"])
 
     async def contact_lost(self, tx: Tx) -> str:

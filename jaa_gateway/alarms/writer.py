@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import and_, update
 
-from jaa_gateway.alarms.shapes import AlarmShapes
+from jaa_gateway.alarms.announce import Announcer
 from jaa_gateway.domain.alarm import Change, Effect
 from jaa_gateway.effects import Tx
 from jaa_gateway.metrics import Metrics
@@ -23,7 +23,7 @@ _CALLERS = frozenset({Effect.RUN_STEPS, Effect.TELL_WORKER_OK})
 
 @dataclass(eq=False, repr=False)
 class AlarmWriter:
-    shapes: AlarmShapes
+    announce: Announcer
     metrics: Metrics
     # told when an alarm stops: it drops step rows it has claimed but not started yet
     outbox: OutboxPort
@@ -53,9 +53,9 @@ class AlarmWriter:
             if effect is Effect.STOP_TIMER:
                 tx.set_timer(("alarm", a["id"]), None)
             elif effect is Effect.TELL_DEVICE:
-                self.shapes.tell(tx, a["device"], a)
+                self.announce.tell(tx, a["device"], a)
             elif effect is Effect.PUBLISH:
-                self.shapes.publish(tx, a)
+                self.announce.publish(tx, a)
             elif effect is Effect.CLOSED:
                 tx.after_commit.append(self.metrics.alarms_open.dec)
 

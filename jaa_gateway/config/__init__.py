@@ -16,6 +16,7 @@ from jaa_gateway.config.load import load_config, parse_assessment, parse_config
 from jaa_gateway.config.models import (
     Assessment,
     Chain,
+    ClusterSection,
     Config,
     Device,
     GatewaySection,
@@ -61,6 +62,7 @@ __all__ = [
     "Assessment",
     "Chain",
     "Channel",
+    "ClusterSection",
     "Config",
     "ConfigError",
     "Date",

@@ -45,6 +45,9 @@ class _View:
     items: dict[str, list[Any]]
     ids: dict[str, list[str]]
     opaque: set[str] = field(default_factory=set)
+    # [cluster] (CONTRACT §8) needs PostgreSQL: the database URL, and whether the section is there
+    database: str = "sqlite:///"
+    has_cluster: bool = False
     _first: dict[str, dict[str, Any]] = field(default_factory=dict)
     _idsets: dict[str, set[str]] = field(default_factory=dict)
 
@@ -57,6 +60,8 @@ class _View:
             default_escalation=cfg.gateway.default_escalation,
             items={s: list(getattr(cfg, s)) for s in LIST_SECTIONS},
             ids={s: [item.id for item in getattr(cfg, s)] for s in LIST_SECTIONS},
+            database=cfg.gateway.database,
+            has_cluster=cfg.cluster is not None,
         )
 
     @classmethod
@@ -81,6 +86,7 @@ class _View:
                     pass
         gateway = data.get("gateway")
         default = gateway.get("default_escalation") if isinstance(gateway, dict) else None
+        database = gateway.get("database") if isinstance(gateway, dict) else None
         return cls(
             notify=_try(NotifySection, data.get("notify", {})),
             http=_try(HttpSection, data.get("http", {})),
@@ -89,6 +95,8 @@ class _View:
             items=items,
             ids=ids,
             opaque=opaque,
+            database=database if isinstance(database, str) else "sqlite:///",
+            has_cluster="cluster" in data,
         )
 
     def exists(self, section: str, item_id: str) -> bool:
@@ -209,6 +217,14 @@ def _cross_check(v: _View) -> list[tuple[str, str]]:
         )
     if v.http is not None:
         out.extend(_token_dupes(v.http))
+    if v.has_cluster and not v.database.startswith("postgresql"):
+        out.append(
+            (
+                "cluster",
+                "[cluster] needs a postgresql:// database in [gateway] database (the nodes share "
+                "it and its lease); remove [cluster] to run one gateway alone",
+            )
+        )
 
     badge_owner: dict[str, str] = {}
     phone_owner: dict[str, str] = {}

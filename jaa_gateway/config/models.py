@@ -34,6 +34,10 @@ from jaa_gateway.config.values import (
     Phone,
     Role,
 )
+from jaa_gateway.passwords import HASH_RE
+
+# who may log in to the guard console (CONTRACT §9)
+CONSOLE_ROLES: tuple[Role, ...] = ("guard", "supervisor", "head", "admin")
 
 
 class _Frozen(BaseModel):
@@ -74,6 +78,20 @@ class GatewaySection(_Frozen):
         # not echoed: a postgresql URL may carry a password
         if not re.match(r"^(sqlite(\+aiosqlite)?:///|postgresql(\+asyncpg)?://)", v):
             raise ValueError("database must be a sqlite:/// or postgresql:// URL")
+        return v
+
+
+class ClusterSection(_Frozen):
+    """Several gateways on one PostgreSQL database, one leader by lease (CONTRACT §8)."""
+
+    node: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    lease: Duration = dt.timedelta(seconds=5)
+
+    @field_validator("lease")
+    @classmethod
+    def _lease(cls, v: dt.timedelta) -> dt.timedelta:
+        if not dt.timedelta(seconds=1) <= v <= dt.timedelta(seconds=60):
+            raise ValueError("lease must be between 1s and 60s")
         return v
 
 
@@ -187,6 +205,32 @@ class Person(_Frozen):
     roles: list[Role] = Field(default_factory=_default_roles)
     supervisor: Id | None = None
     hse_training_until: Date | None = None
+    # the guard console's login (CONTRACT §9): a bcrypt hash from `jaa-gateway hash-password`
+    console_password: SecretStr | None = None
+
+    @field_validator("console_password")
+    @classmethod
+    def _console_password(cls, v: SecretStr | None) -> SecretStr | None:
+        # the message never repeats the value
+        if v is not None and not HASH_RE.match(v.get_secret_value()):
+            raise ValueError(
+                "must be a bcrypt hash made by `jaa-gateway hash-password` "
+                "(starts with $2b$; value not shown)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _console_role(self) -> Person:
+        if self.console_password is not None and not set(self.roles) & set(CONSOLE_ROLES):
+            raise ValueError(
+                f"console_password is set but {self.id} has none of the roles that may log in "
+                f"to the console ({', '.join(CONSOLE_ROLES)})"
+            )
+        return self
+
+    @property
+    def may_use_console(self) -> bool:
+        return self.console_password is not None and bool(set(self.roles) & set(CONSOLE_ROLES))
 
 
 class Device(_Frozen):
@@ -301,6 +345,7 @@ class Config(_Frozen):
     rosters: list[Roster] = Field(default_factory=list)
     escalation_chains: list[Chain] = Field(default_factory=list)
     assessments: list[Assessment] = Field(default_factory=list)
+    cluster: ClusterSection | None = None
 
     @property
     def tz(self) -> ZoneInfo:

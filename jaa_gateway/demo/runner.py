@@ -115,6 +115,15 @@ async def _wait_ready(app_task: asyncio.Task[None], ready: asyncio.Event) -> Non
         raise RuntimeError(f"the gateway was not ready within {READY_TIMEOUT:.0f} s")
 
 
+# the demo config's console login (demo.toml: guard-ivar's console_password is its hash)
+DEMO_CONSOLE_LOGIN = ("guard-ivar", "vakt-demo-2026")
+
+
+def _console_line(site: DemoSite) -> str:
+    who, password = DEMO_CONSOLE_LOGIN
+    return f"Guard console {site.http_url}/console   (log in as {who}, password {password})"
+
+
 def _keep_running_banner(tl: Timeline, site: DemoSite, mqtt_port: int) -> None:
     url, tok = site.http_url, site.api_token
     # `make demo` runs .venv/bin/jaa-gateway, which may not be on PATH
@@ -127,6 +136,7 @@ def _keep_running_banner(tl: Timeline, site: DemoSite, mqtt_port: int) -> None:
     tl.raw(f"  {exe} device {site.cfg.devices[0].id} sos --port {mqtt_port}")
     tl.raw(f"  {exe} door {_first_door(site)} badge {_first_badge(site)} --port {mqtt_port}")
     tl.raw(f"API {url}   token {tok}   MQTT 127.0.0.1:{mqtt_port}")
+    tl.raw(_console_line(site))
 
 
 def _first_door(site: DemoSite) -> str:
@@ -205,6 +215,8 @@ async def demo(
                     for line in table(summary_rows(outcome, site, wall), "Summary"):
                         write(line)
                     write("demo OK: every step of the story happened.")
+                    if not keep_running:
+                        write(f"{_console_line(site)}: open with --keep-running")
                     if keep_running:
                         story.show_heartbeats = False
                         story.answer_checkins = False

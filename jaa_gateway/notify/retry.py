@@ -1,44 +1,12 @@
 """Retry policy for notifications: pure functions, so the outbox decides *when* and tests decide
-the randomness."""
+the randomness. The delay is the core's one backoff (`jaa_gateway.backoff`), with full jitter."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
+from jaa_gateway.backoff import backoff_delay
 from jaa_gateway.notify.base import TransportError
 
-# 2**62 seconds is far beyond any cap; limiting the exponent keeps the arithmetic finite.
-_MAX_EXPONENT = 62
-
-
-def backoff_delay(
-    attempt: int,
-    *,
-    base: float = 1.0,
-    cap: float = 30.0,
-    rand: Callable[[], float],
-) -> float:
-    """Seconds to wait before retry number ``attempt`` (1 = the first retry).
-
-    "Full jitter" (uniform in ``[0, min(cap, base * 2**(attempt-1))]``): many notifications failing
-    together (a Twilio outage, a 429 burst) spread their retries instead of returning in lockstep,
-    and the first retry of an alarm SMS may go out almost at once. ``rand`` returns a float in
-    [0, 1), e.g. ``random.random``.
-    """
-    if attempt < 1:
-        raise ValueError(f"attempt counts retries from 1, got {attempt}")
-    if not (math.isfinite(base) and math.isfinite(cap)):
-        raise ValueError(f"base and cap must be finite, got base={base}, cap={cap}")
-    if not base > 0:
-        raise ValueError(f"base must be a positive number of seconds, got {base}")
-    if not cap >= base:
-        raise ValueError(f"cap ({cap}) must be at least base ({base})")
-    r = rand()
-    if not 0.0 <= r <= 1.0:
-        raise ValueError(f"rand() must return a number in [0, 1], got {r}")
-    ceiling = min(cap, base * 2.0 ** min(attempt - 1, _MAX_EXPONENT))
-    return min(cap, r * ceiling)
+__all__ = ["backoff_delay", "is_retryable"]
 
 
 def is_retryable(err: TransportError) -> bool:

@@ -17,6 +17,7 @@ statement is a network round trip. Both are used through the same small ``Conn``
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -36,7 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.sql.selectable import TypedReturnsRows
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.selectable import CompoundSelect, Select, TypedReturnsRows
 
 from jaa_gateway.store import schema
 
@@ -121,13 +123,24 @@ class SyncConn:
             yield
 
 
-class AsyncConn:
-    """SQLAlchemy's AsyncConnection behind the same interface (PostgreSQL on asyncpg)."""
+def _reads_only(statement: Executable | str) -> bool:
+    """A statement that cannot change anything (the fence is for transactions that write)."""
+    if isinstance(statement, Select | CompoundSelect):
+        return True
+    sql = statement.text if isinstance(statement, TextClause) else statement
+    return isinstance(sql, str) and sql.lstrip()[:6].lower() == "select"
 
-    __slots__ = ("_c",)
+
+class AsyncConn:
+    """SQLAlchemy's AsyncConnection behind the same interface (PostgreSQL on asyncpg).
+
+    `wrote` says whether anything but a SELECT ran (the cluster's fence checks those)."""
+
+    __slots__ = ("_c", "wrote")
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._c = conn
+        self.wrote = False
 
     @overload
     async def execute(
@@ -142,14 +155,19 @@ class AsyncConn:
     async def execute(
         self, statement: Executable, parameters: Any = None
     ) -> CursorResult[*tuple[Any, ...]]:
+        if not self.wrote and not _reads_only(statement):
+            self.wrote = True
         return await self._c.execute(statement, parameters)
 
     async def exec_driver_sql(
         self, statement: str, parameters: Sequence[Any] | None = None
     ) -> CursorResult[*tuple[Any, ...]]:
+        if not self.wrote and not _reads_only(statement):
+            self.wrote = True
         return await self._c.exec_driver_sql(statement, tuple(parameters) if parameters else ())
 
     async def run_sync(self, fn: Callable[[Connection], Any]) -> Any:
+        self.wrote = True
         return await self._c.run_sync(fn)
 
     @property
@@ -193,11 +211,23 @@ async def _v3(conn: Conn) -> None:
     await conn.exec_driver_sql("DROP TABLE IF EXISTS health_probe")
 
 
+async def _v4(conn: Conn) -> None:
+    await conn.run_sync(lambda c: schema.leases.create(c, checkfirst=True))
+    await conn.execute(
+        text(
+            "INSERT INTO leases (name, node, token, expires_at) VALUES ('leader', NULL, 0, :t) "
+            "ON CONFLICT (name) DO NOTHING"
+        ),
+        {"t": dt.datetime(1970, 1, 1, tzinfo=dt.UTC)},
+    )
+
+
 # Append only: a released migration is never edited; a schema change is a new entry.
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial schema", _v1),
     (2, "indexes for alarm codes and a device's open alarm", _v2),
     (3, "session generations (compare-and-set), the health probe's table", _v3),
+    (4, "the leader's lease (hot standby)", _v4),
 ]
 
 # Gateways starting together on one PostgreSQL database migrate one at a time (the lock is
@@ -226,10 +256,17 @@ def sqlite_url(url: str) -> str:
 
 
 class Store:
-    def __init__(self, url: str, *, node: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, node: str | None = None, stuck_tx_after: float | None = None
+    ) -> None:
         """`node` names this gateway in the database (the health probe's row); default: the
-        host name."""
+        host name. `stuck_tx_after` (PostgreSQL, a clustered gateway): the server ends a session
+        left idle inside a transaction this long (seconds), so a paused process cannot hold
+        locks that a takeover waits for (store/leases.py)."""
         self.node = (node or socket.gethostname() or "gateway")[:64]
+        # set by a clustered gateway: (node, token) while it holds the lease, else None; every
+        # transaction that writes then checks the token before it commits (store/leases.py)
+        self.fence: Callable[[], tuple[str, int] | None] | None = None
         self.is_sqlite = make_url(url).drivername.startswith("sqlite")
         self.last_write_ok: float | None = None
         self.last_error: str | None = None
@@ -255,8 +292,15 @@ class Store:
             # pre-ping: a connection the server (or a failover) closed while it sat in the pool
             # is replaced before use, not handed to a transaction that then fails; the pool
             # holds the outbox's sends in flight plus the engine, the HTTP API and housekeeping
+            settings: dict[str, Any] = {}
+            if stuck_tx_after is not None:
+                ms = str(max(100, int(stuck_tx_after * 1000)))
+                settings["connect_args"] = {
+                    "server_settings": {"idle_in_transaction_session_timeout": ms}
+                }
             self.async_engine = create_async_engine(
                 self.url,
+                **settings,
                 pool_pre_ping=True,
                 pool_size=PG_POOL_SIZE,
                 max_overflow=PG_POOL_OVERFLOW,
@@ -266,12 +310,19 @@ class Store:
             self.engine = self.async_engine.sync_engine
 
     @asynccontextmanager
-    async def tx(self) -> AsyncIterator[Conn]:
-        """One transaction; commits on success, rolls back on error."""
+    async def tx(self, *, fenced: bool = True) -> AsyncIterator[Conn]:
+        """One transaction; commits on success, rolls back on error.
+
+        With a fence set (a clustered gateway) a transaction that wrote commits only if this
+        node still holds the lease (`leases.NotLeader` otherwise); `fenced=False` is for the
+        node's own rows (migrations, the health probe, the lease itself)."""
         try:
             if self.async_engine is not None:
                 async with self.async_engine.begin() as aconn:
-                    yield AsyncConn(aconn)
+                    conn = AsyncConn(aconn)
+                    yield conn
+                    if fenced and self.fence is not None and conn.wrote:
+                        await self._fence(conn)
             else:
                 async with self._lock:
                     if self._sync is None or self._sync.invalidated or self._sync.closed:
@@ -285,9 +336,18 @@ class Store:
             self.last_write_ok = time.monotonic()
             self.last_error = None
 
+    async def _fence(self, conn: Conn) -> None:
+        from jaa_gateway.store.leases import NotLeader, fence
+
+        assert self.fence is not None
+        held = self.fence()
+        if held is None:
+            raise NotLeader("this node does not hold the lease: nothing written")
+        await fence(conn, *held)
+
     async def migrate(self) -> int:
         """Apply every migration not applied yet; return the schema version."""
-        async with self.tx() as conn:
+        async with self.tx(fenced=False) as conn:
             if not self.is_sqlite:
                 await conn.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
@@ -318,7 +378,7 @@ class Store:
         of `health`, overwritten; no DDL, no growth)."""
         from jaa_gateway.store.queries import upsert
 
-        async with self.tx() as conn:
+        async with self.tx(fenced=False) as conn:
             await conn.execute(
                 upsert(conn, schema.health, key=("node",)),
                 {"node": self.node, "written_at": time.time()},

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
+    DateTime,
     Float,
     Index,
     Integer,
@@ -160,6 +162,17 @@ health = Table(
     metadata,
     Column("node", String(64), primary_key=True),
     Column("written_at", Float, nullable=False),
+)
+
+# (migration 4) The leader's lease, one row (CONTRACT §8, store/leases.py): who holds it, the
+# fencing token (up by one on every takeover) and the expiry by the database's own clock.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("node", String(64)),
+    Column("token", BigInteger, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )
 
 # Append-only: the store never updates or deletes audit rows.

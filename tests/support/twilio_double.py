@@ -46,6 +46,9 @@ class Recorded:
     http_status: int | None  # what the double answered; None: it never answered (hang)
     peer: tuple[str, int] | None  # client address: one port for many requests = one connection
     authorization_ok: bool
+    # time.time() on arrival: to compare with the daemon's stored epoch instants. Not derived
+    # from `at`: the wall clock may be slewed (seen here: 5 ms/s), so the two drift apart
+    wall: float = 0.0
 
 
 @dataclass
@@ -201,6 +204,7 @@ class TwilioDouble:
     # ------------------------------------------------------------------ the API
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
+        arrived_wall = time.time()
         kind: Kind = "sms" if request.match_info["resource"] == "Messages" else "call"
         form = {k: str(v) for k, v in (await request.post()).items()}
         peername = request.transport.get_extra_info("peername") if request.transport else None
@@ -223,6 +227,7 @@ class TwilioDouble:
                 http_status=status,
                 peer=peer,
                 authorization_ok=auth_ok,
+                wall=arrived_wall,
             )
         )
         self._changed.set()
