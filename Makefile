@@ -70,7 +70,7 @@ pytest: $(VENV)/.test-installed check-mosquitto check-postgres check-chromium
 
 test: $(VENV)/.test-installed check-mosquitto check-postgres check-chromium lint typecheck pytest
 
-bench: $(VENV)/.test-installed check-mosquitto
+bench: $(VENV)/.test-installed check-mosquitto check-postgres
 	$(PY) -m benchmarks.run
 
 clean:
@@ -81,6 +81,13 @@ clean:
 .PHONY: chaos
 chaos: $(VENV)/.test-installed check-mosquitto
 	CHAOS_KILLS=$${CHAOS_KILLS:-200} $(BIN)/pytest -q tests/test_chaos.py -k crash_loop
+
+# The crash loop across three nodes (issue 13): three gateways on the tests' own PostgreSQL
+# cluster, the leader SIGKILLed >= 100 times, invariants and one-actor checked after each
+# takeover, takeover times printed. CHAOS_HA_KILLS / CHAOS_SEED / CHAOS_REPORT override.
+.PHONY: chaos-ha
+chaos-ha: $(VENV)/.test-installed check-mosquitto check-postgres
+	CHAOS_HA_KILLS=$${CHAOS_HA_KILLS:-100} $(BIN)/pytest -q tests/test_chaos_ha.py -k crash_loop
 
 # The load-held soak (issue 7): the benchmark campus for SOAK_DURATION seconds (default 600),
 # RSS/CPU/queues sampled every 10 s; exit 1 when not flat. Writes benchmarks/results/soak.json.

@@ -1,5 +1,6 @@
 """`python -m benchmarks.run` (`make bench`): the five measurements of issue 6 in one run, a
-table on stdout and benchmarks/results/latest.json.
+table on stdout and benchmarks/results/latest.json. The alarm latency is measured on SQLite and,
+in the same run, on a throwaway PostgreSQL cluster (issue 13, benchmarks/pg.py).
 
   --scale tiny      the smoke test's sizes (seconds, no Node-RED)
   --only a,b        some of: latency, burst, ingest, timers, recovery
@@ -104,12 +105,27 @@ def table(res: dict[str, Any]) -> str:
                 "p99 <= peer p99",
             )
         )
+        q = lat.get("postgresql")
+        rows.append(
+            (
+                f"  on PostgreSQL, same run (n={q['n'] if q else 0})",
+                _ms(q) if q else "n/a: " + str(lat.get("postgresql_error", ""))[:60],
+                _ms(f),
+                "-",
+                f"p50 {_ratio(q and q['p50_ms'], f and f['p50_ms'])}, "
+                f"p99 {_ratio(q and q['p99_ms'], f and f['p99_ms'])} ; "
+                f"p99 pg/sqlite {_ratio(q and q['p99_ms'], g and g['p99_ms'])}",
+                "",
+            )
+        )
+        if q and lat.get("postgresql_error"):
+            rows.append(("  PostgreSQL error", str(lat["postgresql_error"])[:80], "", "", "", ""))
         skipped = lat.get("not_sent_block_budget", {})
         if any(skipped.values()):
             rows.append(
                 (
                     "  alarms not sent (block time budget)",
-                    str(skipped.get("gateway")),
+                    f"{skipped.get('gateway')} (PostgreSQL {skipped.get('postgresql', 0)})",
                     "-",
                     str(skipped.get("peer")),
                     "",
@@ -121,7 +137,7 @@ def table(res: dict[str, Any]) -> str:
             rows.append(
                 (
                     "  alarms lost (no SMS in 5 s)",
-                    str(lost.get("gateway")),
+                    f"{lost.get('gateway')} (PostgreSQL {lost.get('postgresql', 0)})",
                     str(lost.get("floor")),
                     str(lost.get("peer")),
                     "",
@@ -186,6 +202,18 @@ def table(res: dict[str, Any]) -> str:
         )
     for name in ALL:
         part = res.get(name) or {}
+        pgfp = part.get("postgresql_footprint")
+        if pgfp:
+            rows.append(
+                (
+                    f"footprint {name} on PostgreSQL: peak RSS MB / CPU s",
+                    f"{pgfp['peak_rss_mb']} / {pgfp['cpu_s']}",
+                    "-",
+                    "-",
+                    "",
+                    "RSS <= 300",
+                )
+            )
         fp = part.get("gateway_footprint")
         if fp:
             peer = part.get("peer_footprint")

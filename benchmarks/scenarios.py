@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, insert
 
+from benchmarks import pg
 from benchmarks.harness import (
     Fleet,
     Footprint,
@@ -186,6 +187,17 @@ def seed_sessions(
     assert env.template_db is not None
     db = env.workdir / name / "state.db"
     _copy_db(env.template_db, db)
+    rows = session_rows(n, checkin_due, interval_s)
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        if rows:
+            conn.execute(insert(sessions), rows)
+    engine.dispose()
+    return {r["id"]: r["checkin_due_at"] for r in rows}
+
+
+def session_rows(n: int, checkin_due: Sequence[float], interval_s: float) -> list[dict[str, Any]]:
+    """`n` active sessions (devices 0..n-1) as `_start` would have stored them."""
     now = time.time()
     rows: list[dict[str, Any]] = []
     for i in range(n):
@@ -208,12 +220,7 @@ def seed_sessions(
                 "active": True,
             }
         )
-    engine = create_engine(f"sqlite:///{db}")
-    with engine.begin() as conn:
-        if rows:
-            conn.execute(insert(sessions), rows)
-    engine.dispose()
-    return {r["id"]: r["checkin_due_at"] for r in rows}
+    return rows
 
 
 # ---------------------------------------------------------------------- 1. alarm latency
@@ -228,9 +235,14 @@ async def alarm_latency(env: Env) -> dict[str, Any]:
     probe: Probe | None = None
     gw_fps: list[Footprint] = []
     nr_fps: list[Footprint] = []
-    lat: dict[str, list[float]] = {"gateway": [], "peer": [], "floor": []}
-    lost: dict[str, int] = {"gateway": 0, "peer": 0, "floor": 0}
-    skipped: dict[str, int] = {"gateway": 0, "peer": 0}
+    lat: dict[str, list[float]] = {"gateway": [], "postgresql": [], "peer": [], "floor": []}
+    lost: dict[str, int] = {"gateway": 0, "postgresql": 0, "peer": 0, "floor": 0}
+    skipped: dict[str, int] = {"gateway": 0, "postgresql": 0, "peer": 0}
+    pg_fps: list[Footprint] = []
+    pg_cfg: dict[str, Any] | None = None
+    pg_error: str | None = None
+    pg_notes: dict[str, float] = {}
+    stack = contextlib.AsyncExitStack()
     peer_error: str | None = None
     prefix = None
     if sc.peer:
@@ -241,6 +253,15 @@ async def alarm_latency(env: Env) -> dict[str, Any]:
     try:
         now = time.time()
         seed_sessions(env, name, sc.sessions, [now + 1800] * sc.sessions, 1800.0)
+        # the same campus and sessions on PostgreSQL (benchmarks/pg.py), alarms in the same run
+        try:
+            cluster = await stack.enter_async_context(pg.throwaway_cluster())
+            url = await asyncio.to_thread(cluster.create_database)
+            pg_cfg = pg.on_postgres(env.config(name, b.port), url)
+            rows = session_rows(sc.sessions, [now + 1800] * sc.sessions, 1800.0)
+            pg_notes["first_start_s"] = await pg.prepare(pg_cfg, env.workdir / name / "pg0", rows)
+        except Exception as e:
+            pg_error = f"{type(e).__name__}: {e}"[:300]
         fleet = Fleet(b.port, env.workdir / name)
         relay = floor_relay(b.port, env.double, env.workdir / name)
         probe = Probe(b.port)
@@ -248,24 +269,25 @@ async def alarm_latency(env: Env) -> dict[str, Any]:
         if sc.sessions:
             await fleet.stream("ci", "checkin", 0, sc.sessions, sc.sessions / sc.checkin_period_s)
         per_block = -(-sc.alarms // sc.rounds)
-        next_dev = sc.sessions  # sos devices: not in a session, one alarm each (dedupe)
-        warm_dev = sc.devices - 1
+        # sos devices: not in a session, one alarm each (dedupe); each store has its own alarms
+        next_dev = {"gateway": sc.sessions, "postgresql": sc.sessions}
+        warm_dev = {"gateway": sc.devices - 1, "postgresql": sc.devices - 1}
         floor_n = 0
 
         async def measure(system: str, count: int) -> None:
-            nonlocal next_dev, warm_dev, floor_n
+            nonlocal floor_n
             budget_end = time.monotonic() + sc.block_budget_s
             for k in range(sc.warmup + count):
                 if time.monotonic() > budget_end:
                     skipped[system] += sc.warmup + count - k
                     break
                 warm = k < sc.warmup
-                if system == "gateway":
-                    dev = device_id(warm_dev if warm else next_dev)
+                if system in next_dev:
+                    dev = device_id(warm_dev[system] if warm else next_dev[system])
                     if warm:
-                        warm_dev -= 1
+                        warm_dev[system] -= 1
                     else:
-                        next_dev += 1
+                        next_dev[system] += 1
                 else:
                     dev = device_id(sc.sessions + (k % max(1, sc.devices - sc.sessions)))
                 since = len(env.double.attempts)
@@ -309,6 +331,19 @@ async def alarm_latency(env: Env) -> dict[str, Any]:
                 fp = await gw.stop()
                 if fp:
                     gw_fps.append(fp)
+            if pg_cfg is not None and pg_error is None:
+                pg_cfg["mqtt"]["client_id"] = f"jaa-bench-latency-pg{r}-{secrets.token_hex(2)}"
+                gw = Gateway(pg_cfg, env.workdir / name / f"pg{r + 1}")
+                try:
+                    await gw.start(120)
+                    pg_notes[f"lease_after_ready_s_r{r}"] = await pg.wait_leading(gw, 30)
+                    await measure("postgresql", n)
+                except Exception as e:
+                    pg_error = f"PostgreSQL block failed: {type(e).__name__}: {e}"[:300]
+                finally:
+                    fp = await gw.stop()
+                    if fp:
+                        pg_fps.append(fp)
             if prefix is not None and peer_error is None:
                 nr = NodeRed(prefix, env.workdir / name / f"nr{r}", b.port, env.double)
                 nr.start()
@@ -330,6 +365,7 @@ async def alarm_latency(env: Env) -> dict[str, Any]:
         if fleet is not None:
             fleet.quit()
         b.stop()
+        await stack.aclose()
     out: dict[str, Any] = {
         "alarms_per_system": sc.alarms,
         "background": {
@@ -343,9 +379,13 @@ async def alarm_latency(env: Env) -> dict[str, Any]:
         "not_sent_block_budget": skipped,
         "gateway_footprint": merge_footprints(gw_fps).as_dict() if gw_fps else None,
         "peer_footprint": merge_footprints(nr_fps).as_dict() if nr_fps else None,
+        "postgresql_footprint": merge_footprints(pg_fps).as_dict() if pg_fps else None,
+        "postgresql_setup": {k: round(v, 2) for k, v in pg_notes.items()},
     }
     for system, values in lat.items():
         out[system] = summary_ms(values) if values else None
+    if pg_error:
+        out["postgresql_error"] = pg_error
     if peer_error:
         out["peer_error"] = peer_error
     elif not sc.peer:

@@ -15,6 +15,7 @@ from benchmarks.harness import pct, summary_ms
 from benchmarks.rawmqtt import RawPublisher, publish_packet
 from benchmarks.scenarios import Scale
 from tests.support.broker import MosquittoBroker, probe
+from tests.support.postgres import find_bindir
 
 
 def test_percentiles_are_nearest_rank() -> None:
@@ -67,7 +68,8 @@ def test_table_renders_every_scenario() -> None:
             "gateway": {"n": 2, "p50_ms": 10.0, "p99_ms": 20.0, "max_ms": 20.0},
             "floor": {"n": 2, "p50_ms": 2.0, "p99_ms": 4.0, "max_ms": 4.0},
             "peer": {"n": 2, "p50_ms": 4.0, "p99_ms": 5.0, "max_ms": 5.0},
-            "lost": {"gateway": 0, "floor": 0, "peer": 0},
+            "postgresql": {"n": 2, "p50_ms": 12.0, "p99_ms": 30.0, "max_ms": 30.0},
+            "lost": {"gateway": 0, "postgresql": 0, "floor": 0, "peer": 0},
             "gateway_footprint": {"peak_rss_mb": 100.0, "cpu_s": 1.0},
         },
         "ingest": {"heartbeat": {"sustained_per_s": 5000}, "floor": {"sustained_per_s": 10000}},
@@ -82,6 +84,11 @@ def test_table_renders_every_scenario() -> None:
     }
     text = bench_run.table(res)
     assert "p50 5.00x, p99 5.00x ; p99 4.00x" in text
+    assert "on PostgreSQL, same run (n=2)" in text
+    assert "12.0 / 30.0 / 30.0" in text and "p99 pg/sqlite 1.50x" in text
+    res["latency"]["postgresql"] = None
+    res["latency"]["postgresql_error"] = "RuntimeError: no PostgreSQL server binaries"
+    assert "n/a: RuntimeError: no PostgreSQL server binaries" in bench_run.table(res)
     assert "0.50x" in text  # ingest: gateway / floor
     assert "1.0 / never / never" in text
     assert "ERROR RuntimeError: broken" in text
@@ -94,9 +101,18 @@ async def test_smoke_run_of_the_harness(tmp_path: Path) -> None:
     res = await bench_run.run(scale, ("latency",), tmp_path)
     lat = res["latency"]
     assert "error" not in lat, lat
-    assert lat["lost"] == {"gateway": 0, "peer": 0, "floor": 0}
+    assert lat["lost"] == {"gateway": 0, "postgresql": 0, "peer": 0, "floor": 0}
     assert lat["gateway"]["n"] == scale.alarms
-    assert lat["floor"]["n"] == scale.alarms
+    # the same alarms on a throwaway PostgreSQL cluster, in the same run (issue 13)
+    if find_bindir() is None:
+        assert "no PostgreSQL server binaries" in lat["postgresql_error"]
+    else:
+        assert "postgresql_error" not in lat, lat["postgresql_error"]
+        assert lat["postgresql"]["n"] == scale.alarms
+        assert 0 < lat["postgresql"]["p50_ms"] <= lat["postgresql"]["max_ms"]
+        assert lat["postgresql_footprint"]["peak_rss_mb"] > 10
+    # the floor is measured beside each block (SQLite, then PostgreSQL)
+    assert lat["floor"]["n"] == scale.alarms * (1 if find_bindir() is None else 2)
     assert 0 < lat["floor"]["p50_ms"] <= lat["floor"]["max_ms"]
     assert lat["gateway"]["p50_ms"] > 0
     assert lat["background"]["fleet_sent"]["heartbeat"] > 0

@@ -184,6 +184,23 @@ class History:
     # a replay while the first try had not acknowledged anything
     lost_sms_acks: list[str] = field(default_factory=list)
 
+    def frozen(self) -> History:
+        """A copy, for a check: what the devices and guards had been told and confirmed when
+        a snapshot was about to be read. The tasks go on recording while it is read (it is
+        awaited); a confirmation that arrived after the snapshot began may be of a commit the
+        snapshot does not hold."""
+        return History(
+            outages=[Outage(o.start, o.end) for o in self.outages],
+            kills=list(self.kills),
+            startup_kills=self.startup_kills,
+            event_alarms=defaultdict(set, {k: set(v) for k, v in self.event_alarms.items()}),
+            told=dict(self.told),
+            acks_confirmed=dict(self.acks_confirmed),
+            resolves_confirmed=dict(self.resolves_confirmed),
+            acks_by=Counter(self.acks_by),
+            lost_sms_acks=list(self.lost_sms_acks),
+        )
+
     def killed(self, at: float) -> None:
         self.kills.append(at)
         if not self.outages or self.outages[-1].end != INF:
@@ -219,7 +236,8 @@ class History:
 
 @dataclass(frozen=True)
 class Req:
-    """One request the double accepted, on the wall clock."""
+    """One request the double accepted, on the wall clock; `node`: the gateway that sent it,
+    where several share one database (tests/support/chaos_ha.py), else empty."""
 
     kind: str
     to: str
@@ -227,15 +245,16 @@ class Req:
     twiml: str
     sid: str
     at: float
+    node: str = ""
 
 
-def requests_of(double: TwilioDouble, hist: History) -> list[Req]:
-    return [_req(r, hist) for r in list(double.attempts) if r.sid is not None]
+def requests_of(double: TwilioDouble, hist: History, node: str = "") -> list[Req]:
+    return [_req(r, node) for r in list(double.attempts) if r.sid is not None]
 
 
-def _req(r: Recorded, hist: History) -> Req:
+def _req(r: Recorded, node: str) -> Req:
     assert r.sid is not None
-    return Req(r.kind, r.to, r.body or "", r.twiml or "", r.sid, r.wall)
+    return Req(r.kind, r.to, r.body or "", r.twiml or "", r.sid, r.wall, node)
 
 
 @dataclass(frozen=True)
@@ -709,8 +728,7 @@ class ChaosRun:
         self.rng = random.Random(settings.seed)
         self.db_path = workdir / "state.db"
         self.cfg = chaos_config(self.db_path, broker.port, twilio, settings)
-        self.gw = GatewayProcess(self.cfg, workdir)
-        self.client = Client(self.gw.base, twilio.auth_token)
+        self._setup(workdir)
         self.hist = History()
         self.params = CheckParams(
             checkin_grace=1.0,
@@ -738,6 +756,21 @@ class ChaosRun:
         self._probe: MqttProbe | None = None
         self._ack_at: dict[str, float] = {}
         self._resolve_at: dict[str, float] = {}
+
+    def _setup(self, workdir: Path) -> None:
+        """The daemon(s) and the guards' HTTP client (the HA run has three of the first)."""
+        self.gw = GatewayProcess(self.cfg, workdir)
+        self.client: Any = Client(self.gw.base, self.twilio.auth_token)
+
+    def _attempts(self) -> list[Recorded]:
+        """Every request that reached the Twilio double(s)."""
+        return list(self.twilio.attempts)
+
+    def _requests(self) -> list[Req]:
+        return requests_of(self.twilio, self.hist)
+
+    async def _snapshot(self) -> Snapshot:
+        return await asyncio.to_thread(read_db, self.db_path)
 
     # ------------------------------------------------------------------ the loop
 
@@ -830,11 +863,10 @@ class ChaosRun:
         if mode == "random":
             await asyncio.sleep(self.rng.uniform(*self.s.uptime_s))
             return
-        n_req, n_ev, n_ack = len(self.twilio.attempts), self.published, self.acks_started
+        n_req, n_ev, n_ack = len(self._attempts()), self.published, self.acks_started
         await asyncio.sleep(self.rng.uniform(0.0, self.s.uptime_s[1] / 2))
-        if mode == "request":
-            with contextlib.suppress(AssertionError):  # nothing sent within the wait: kill
-                await self.twilio.wait_for(lambda d: len(d.attempts) > n_req, timeout=3.0)
+        if mode == "request":  # nothing sent within the wait: kill all the same
+            await _until(lambda: len(self._attempts()) > n_req, 3.0, 0.002)
         elif mode == "event":
             await _until(lambda: self.published > n_ev, 3.0, 0.002)
         else:
@@ -865,10 +897,11 @@ class ChaosRun:
         raise AssertionError(f"no {needle} in the gateway log within {timeout} s")
 
     async def _check(self, *, final: bool = False) -> None:
-        before = requests_of(self.twilio, self.hist)
-        snap = read_db(self.db_path)
-        after = requests_of(self.twilio, self.hist)
-        rep = check(snap, before, after, self.hist, self.params, final=final)
+        hist = self.hist.frozen()
+        before = self._requests()
+        snap = await self._snapshot()
+        after = self._requests()
+        rep = check(snap, before, after, hist, self.params, final=final)
         self.checks += 1
         self.counts = rep.counts
         for v in rep.violations:
@@ -1016,7 +1049,10 @@ class ChaosRun:
 
     def _guard_has_sms(self, a: dict[str, Any]) -> bool:
         phone = PHONES[GUARD]
-        return any(r.to == phone and a["code"] in (r.body or "") for r in self.twilio.sms)
+        return any(
+            r.kind == "sms" and r.sid is not None and r.to == phone and a["code"] in (r.body or "")
+            for r in self._attempts()
+        )
 
     async def _ack_api(self, a: dict[str, Any]) -> None:
         self.acks_started += 1
