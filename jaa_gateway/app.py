@@ -24,20 +24,30 @@ from jaa_gateway.adapters.mqtt import MqttEdge
 from jaa_gateway.adapters.report_http import ReportHttp
 from jaa_gateway.adapters.scheduler import housekeeping_scheduler
 from jaa_gateway.aio import within
+from jaa_gateway.alarms import Acks, AlarmWriter, Announcer, Escalator, Raiser
+from jaa_gateway.assessments import Assessments
 from jaa_gateway.board import Board
 from jaa_gateway.cluster import Cluster, Role
 from jaa_gateway.config import Config
 from jaa_gateway.deadlines import Deadlines
+from jaa_gateway.devices import Devices
 from jaa_gateway.domain.events import DeviceEvent, DoorEvent
-from jaa_gateway.engine import Engine
+from jaa_gateway.doors import Doors
+from jaa_gateway.engine import Engine, Services
+from jaa_gateway.inbound import Inbound
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.notify import make_notifier
 from jaa_gateway.notify.base import Notifier
 from jaa_gateway.outbox import Outbox
+from jaa_gateway.presence import Presence
 from jaa_gateway.report.service import Reports
 from jaa_gateway.selfwatch import SelfWatch
+from jaa_gateway.session_timers import SessionTimers
+from jaa_gateway.sessions import Sessions
 from jaa_gateway.store.db import Store
 from jaa_gateway.supervise import Supervisor
+from jaa_gateway.timeutil import utcnow
+from jaa_gateway.topics import Topics
 from jaa_gateway.views import Views
 
 log = structlog.get_logger("jaa_gateway.app")
@@ -117,16 +127,7 @@ class App:
             node=cl.node if cl is not None else None,  # cluster hook
             may_connect=self.role.may_act,  # cluster hook
         )
-        self.engine = Engine(
-            cfg,
-            self.store,
-            self.mqtt,
-            self.deadlines,
-            self.metrics,
-            wake_outbox=self.outbox.wake,
-            alarm_stopped=self.outbox.alarm_stopped,
-            send_now=self.outbox.submit,
-        )
+        self.engine = self._wire_core()
         self.selfwatch = SelfWatch(
             cfg,
             self.store,
@@ -186,6 +187,38 @@ class App:
         self.stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
+
+    def _wire_core(self) -> Engine:
+        """The core's services, each given what it needs; the engine runs them."""
+        cfg, metrics = self.cfg, self.metrics
+        topics = Topics(cfg.mqtt.topic_prefix)
+        devices = Devices(cfg, self.store)
+        presence = Presence(
+            self.deadlines,
+            timeout=lambda: cfg.timing.device_timeout.total_seconds(),
+            last_seen=devices.last_seen,
+        )
+        announce = Announcer(cfg.tz, topics)
+        writer = AlarmWriter(announce, metrics, self.outbox)
+        escalator = Escalator(cfg, writer, presence, utcnow)
+        raiser = Raiser(cfg, metrics, devices, escalator, announce)
+        acks = Acks(cfg, writer)
+        timers = SessionTimers(cfg, topics, presence, raiser)
+        assessments = Assessments(cfg)
+        sessions = Sessions(cfg, metrics, topics, devices, assessments, timers, acks)
+        doors = Doors(cfg, sessions, raiser)
+        inbound = Inbound(cfg, metrics, topics, devices, sessions, raiser, acks, doors)
+        services = Services(devices, assessments, presence, timers, escalator, acks, inbound)
+        return Engine(
+            cfg,
+            self.store,
+            self.mqtt,
+            self.deadlines,
+            metrics,
+            services,
+            self.outbox,
+            clock=utcnow,
+        )
 
     def _desk_status(self) -> DeskStatus:
         """The console's header, from memory."""
@@ -362,7 +395,7 @@ class App:
         else:
             # a standby answers reads; the config's assessments at least (the API's are loaded
             # from the store when this node leads)
-            self.engine._set_assessments({a.id: a for a in self.cfg.assessments})
+            self.engine.svc.assessments.from_config()
         await self._start_http()
         if self.freeze_gc:
             # what start-up built lives as long as the process: out of the collector's way, so

@@ -10,6 +10,7 @@ from typing import Any
 from jaa_gateway.store import board as reads
 from jaa_gateway.store import queries as q
 from jaa_gateway.store.db import Store
+from jaa_gateway.store.rows import AlarmRow
 
 Row = dict[str, Any]
 
@@ -47,7 +48,7 @@ class Board:
             denials=denials,
         )
 
-    async def timeline(self, alarm_id: str) -> tuple[Row, list[Row]] | None:
+    async def timeline(self, alarm_id: str) -> tuple[AlarmRow, list[Row]] | None:
         """An alarm (any state) and its audit events in order; None when unknown."""
         async with self._store.tx() as conn:
             a = await q.get_alarm(conn, alarm_id)

@@ -27,6 +27,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from jaa_gateway.aio import wait_event
 from jaa_gateway.calls import call_document, plan_call
 from jaa_gateway.config import Config
+from jaa_gateway.domain.alarm import AlarmState
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.notify.base import Notifier, SendResult, TransportError
 from jaa_gateway.outcomes import POISON_TRIES, Crashed, due_rows, mark_unrecordable, outcome
@@ -46,7 +47,9 @@ RECORD_RETRY_MAX = 5.0
 # a step notification may only start while its alarm is still escalating (the ack race)
 _ALARM_STILL_ESCALATING = or_(
     notifications.c.purpose != "alarm",
-    exists().where(and_(alarms.c.id == notifications.c.alarm, alarms.c.state == "escalating")),
+    exists().where(
+        and_(alarms.c.id == notifications.c.alarm, alarms.c.state == AlarmState.ESCALATING.value)
+    ),
 )
 
 

@@ -40,7 +40,7 @@ KEY: Key = ("presence", "contact")
 SINCES_MAX_AGE_S = 0.25
 _ESCALATING_CONTACT_LOST = (
     select(alarms.c.id, alarms.c.opened_at)
-    .where(and_(alarms.c.kind == "contact_lost", alarms.c.state.in_(("prealarm", "escalating"))))
+    .where(and_(alarms.c.kind == "contact_lost", alarms.c.state.in_(q.RUNNING_STATES)))
     .order_by(alarms.c.opened_at.desc())
     .limit(1)
 )
@@ -60,12 +60,15 @@ class Presence:
         *,
         timeout: Callable[[], float],
         last_seen: Callable[[str], float | None],
-        raise_contact_lost: Callable[[Tx], Awaitable[str]],
     ) -> None:
         self._deadlines = deadlines
         self._timeout = timeout
         self._last_seen = last_seen
-        self._raise = raise_contact_lost
+        self.forget()
+
+    def forget(self) -> None:
+        """The state of a new Presence: at construction, and (hot standby, cluster.py) when a
+        node steps down and drops what it knew as leader."""
         self._watches: dict[str, tuple[str, float]] = {}
         self._fresh: dict[str, float] = {}
         self.up = False
@@ -155,9 +158,12 @@ class Presence:
 
     # ------------------------------------------------------------------ verdicts
 
-    async def lapsed(self, tx: Tx, s: dict[str, Any]) -> bool:
+    async def lapsed(
+        self, tx: Tx, s: dict[str, Any], raise_contact_lost: Callable[[Tx], Awaitable[str]]
+    ) -> bool:
         """The watch of session `s` has lapsed. True: it is held or part of a common cause (no
-        device_offline now); False: the device is on its own, raise its device_offline."""
+        device_offline now; a common cause that begins here raises its contact_lost alarm with
+        `raise_contact_lost`); False: the device is on its own, raise its device_offline."""
         sid = s["id"]
         if sid not in self._watches:
             self.watch(sid, s["device"], s["started_at"])
@@ -188,13 +194,15 @@ class Presence:
                     cause=self.episode.cause if self.episode else None,
                 )
             return True
-        alarm = await self._common_cause(tx, verdict)
+        alarm = await self._common_cause(tx, verdict, raise_contact_lost)
         await q.add_audit(
             tx.conn, tx.ts, "device_offline_held", session=sid, alarm=alarm, cause=verdict.cause
         )
         return True
 
-    async def _common_cause(self, tx: Tx, verdict: rule.Common) -> str:
+    async def _common_cause(
+        self, tx: Tx, verdict: rule.Common, raise_contact_lost: Callable[[Tx], Awaitable[str]]
+    ) -> str:
         """Begin an episode: one contact_lost alarm (or the one still escalating)."""
         if self._began is not None and self._began[0] is tx:
             return self._began[1]  # this transaction began it, for another session
@@ -204,7 +212,7 @@ class Presence:
         if row is not None:
             alarm, reused = str(row[0]), True
         else:
-            alarm, reused = await self._raise(tx), False
+            alarm, reused = await raise_contact_lost(tx), False
         await q.add_audit(
             tx.conn,
             tx.ts,

@@ -28,6 +28,7 @@ from jaa_gateway.store import queries as q
 from jaa_gateway.store.db import Store, describe_error
 from jaa_gateway.supervise import Supervisor
 from jaa_gateway.timeutil import utcnow
+from jaa_gateway.topics import Topics
 
 log = structlog.get_logger("jaa_gateway.selfwatch")
 
@@ -65,7 +66,7 @@ class SelfWatch:
         self.details: dict[str, str] = {}
         self._notified_at: dt.datetime | None = None
         self._unaudited: list[tuple[float, str, dict[str, Any]]] = []
-        self.status_topic = f"{cfg.mqtt.topic_prefix}/gateway/status"
+        self.status_topic = Topics(cfg.mqtt.topic_prefix).status
         # hot standby (CONTRACT §8): the status names the node (set by App when clustered)
         self.node: str | None = None
 

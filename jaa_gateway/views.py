@@ -18,6 +18,7 @@ from jaa_gateway.domain.replies import OpenAlarm
 from jaa_gateway.store import queries as q
 from jaa_gateway.store import reads
 from jaa_gateway.store.db import Store, describe_error
+from jaa_gateway.store.rows import AlarmRow
 
 Row = dict[str, Any]
 # processed_events.sender of the webhooks' keys
@@ -26,7 +27,7 @@ WEBHOOK_SENDER = "twilio"
 
 @dataclass(frozen=True)
 class AlarmDetail:
-    alarm: Row
+    alarm: AlarmRow
     timeline: list[Row]
     notifications: list[Row]
 
@@ -63,7 +64,7 @@ class Views:
         async with self._store.tx() as conn:
             return await reads.alarms_newest_first(conn, state)
 
-    async def alarms_by_id(self, ids: Sequence[str]) -> list[Row]:
+    async def alarms_by_id(self, ids: Sequence[str]) -> list[AlarmRow]:
         """The alarms of ``ids`` that exist, in that order."""
         async with self._store.tx() as conn:
             found = [await q.get_alarm(conn, i) for i in ids]

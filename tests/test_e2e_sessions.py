@@ -755,14 +755,15 @@ async def test_routine_events_queued_together_share_one_commit_and_fail_alone(
         engine = gw.app.engine
         commits: list[int] = []
         sa_event.listen(gw.app.store.engine, "commit", lambda _c: commits.append(1))
-        real = engine._checkin
+        sessions = engine.svc.inbound.sessions
+        real = sessions.checkin
 
         async def checkin(tx: Any, person: Any, ev: DeviceEvent) -> None:
             await real(tx, person, ev)
             if ev.id == "c-bad":
                 raise RuntimeError("poisoned check-in")
 
-        monkeypatch.setattr(engine, "_checkin", checkin)
+        monkeypatch.setattr(sessions, "checkin", checkin)
         # a loaded CI machine may take longer than the 20 ms a transaction may hold the loop
         monkeypatch.setattr(engine_mod, "UNIT_BUDGET_S", 60.0)
         now = dt.datetime.now(dt.UTC)
@@ -777,7 +778,7 @@ async def test_routine_events_queued_together_share_one_commit_and_fail_alone(
         ]
         assert len(checkins) == 2 and {e["session"] for e in checkins} == {ans["session"]}
         # the poisoned one left nothing behind: sent again, it is handled, not a duplicate
-        monkeypatch.setattr(engine, "_checkin", real)
+        monkeypatch.setattr(sessions, "checkin", real)
         await engine.handle_batch([evs[1], evs[0]])
         checkins = [e for e in await audit_since(gw, t0) if e["event"] == "checkin"]
         assert len(checkins) == 3

@@ -387,29 +387,29 @@ async def test_publish_when_connected_reaches_subscribers(mosquitto: MosquittoBr
         running_edge(mosquitto.port, Collector()) as edge,
         probe(mosquitto.port, "jaa/#") as p,
     ):
-        topic = edge.device_cmd_topic("jaa-0042")
+        topic = edge.topics.device_cmd("jaa-0042")
         await edge.publish(topic, {"type": "alarm_raised", "alarm": "A1", "kind": "sos"})
         m = await p.wait_message(topic)
         assert m.json() == {"type": "alarm_raised", "alarm": "A1", "kind": "sos"}
         assert not m.retain
-        await edge.publish(edge.alarm_topic("A1"), {"id": "A1"}, retain=True)
-        await edge.publish(edge.alarm_topic("A1"), None, retain=True)  # resolved: clear it
+        await edge.publish(edge.topics.alarm("A1"), {"id": "A1"}, retain=True)
+        await edge.publish(edge.topics.alarm("A1"), None, retain=True)  # resolved: clear it
     async with probe(mosquitto.port, "jaa/gateway/alarm/#") as p2:
         await asyncio.sleep(0.2)
         assert p2.seen == []  # an empty retained message removed the alarm
 
 
 def test_topic_helpers_refuse_ids_that_would_escape_their_topic() -> None:
-    edge = MqttEdge(section(1), Metrics(), Collector())
-    assert edge.device_cmd_topic("jaa-0042") == "jaa/device/jaa-0042/cmd"
-    assert edge.door_cmd_topic("door-1") == "jaa/door/door-1/cmd"
-    assert edge.alarm_topic("A-17") == "jaa/gateway/alarm/A-17"
+    edge = MqttEdge(section(1), Metrics(), Collector())  # the edge uses the core's builders
+    assert edge.topics.device_cmd("jaa-0042") == "jaa/device/jaa-0042/cmd"
+    assert edge.topics.door_cmd("door-1") == "jaa/door/door-1/cmd"
+    assert edge.topics.alarm("A-17") == "jaa/gateway/alarm/A-17"
     for bad in ["a/b", "#", "+", "", "x y"]:
         with pytest.raises(ValueError):
-            edge.device_cmd_topic(bad)
+            edge.topics.device_cmd(bad)
     for bad in ["a/b", "#", "+", ""]:
         with pytest.raises(ValueError):
-            edge.alarm_topic(bad)
+            edge.topics.alarm(bad)
 
 
 async def test_buffered_while_disconnected_flushed_in_order_bounded_and_retained_replaced(
@@ -419,9 +419,9 @@ async def test_buffered_while_disconnected_flushed_in_order_bounded_and_retained
     async with probe(mosquitto.port, "jaa/#") as p:
         t0 = time.monotonic()
         for i in range(5):  # not connected yet: parked, the oldest one dropped at the limit
-            await edge.publish(edge.device_cmd_topic("d1"), {"n": i})
-        await edge.publish(edge.alarm_topic("A1"), {"state": "prealarm"}, retain=True)
-        await edge.publish(edge.alarm_topic("A1"), {"state": "escalating"}, retain=True)
+            await edge.publish(edge.topics.device_cmd("d1"), {"n": i})
+        await edge.publish(edge.topics.alarm("A1"), {"state": "prealarm"}, retain=True)
+        await edge.publish(edge.topics.alarm("A1"), {"state": "escalating"}, retain=True)
         assert time.monotonic() - t0 < 0.1  # never waits for a broker it does not have
         # Limit 4: n=0 and n=1 went to make room; the first A1 value was replaced.
         assert edge.buffered == 4
@@ -447,7 +447,7 @@ async def test_publishes_during_a_broker_outage_are_flushed_after_reconnect(
         mosquitto.stop()
         await wait_until(lambda: not edge.connected)
         for i in range(20):
-            await edge.publish(edge.device_cmd_topic("d1"), {"n": i})
+            await edge.publish(edge.topics.device_cmd("d1"), {"n": i})
         assert edge.buffered == 20
         mosquitto.start()
         await wait_until(lambda: edge.connected, timeout=BACKOFF_BOUND)
@@ -481,7 +481,7 @@ async def test_unacknowledged_sends_go_again_first_and_in_order(
     async with running_edge(mosquitto.port, Collector()) as edge:
         mosquitto.pause()  # sends go out but are never acknowledged
         sends = [
-            asyncio.create_task(edge.publish(edge.device_cmd_topic("d1"), {"n": i}))
+            asyncio.create_task(edge.publish(edge.topics.device_cmd("d1"), {"n": i}))
             for i in range(n)
         ]
         await asyncio.sleep(0.2)
@@ -577,9 +577,9 @@ async def test_shipped_broker_config_tls_passwords_and_acl(tmp_path: Path) -> No
             await dev.publish("jaa/device/jaa-0042/event", {"id": "real", "type": "sos"})
             await dr.publish("jaa/door/door-1/event", {"id": "real2", "type": "open"})
             await got.wait_for(lambda evs: len(evs) == 2)
-            await gw.publish(gw.device_cmd_topic("jaa-0099"), {"type": "x", "to": "other"})
-            await gw.publish(gw.door_cmd_topic("door-1"), {"type": "x", "to": "door"})
-            await gw.publish(gw.device_cmd_topic("jaa-0042"), {"type": "x", "to": "me"})
+            await gw.publish(gw.topics.device_cmd("jaa-0099"), {"type": "x", "to": "other"})
+            await gw.publish(gw.topics.door_cmd("door-1"), {"type": "x", "to": "door"})
+            await gw.publish(gw.topics.device_cmd("jaa-0042"), {"type": "x", "to": "me"})
             await dev.wait_message("jaa/device/jaa-0042/cmd")
             await dr.wait_message("jaa/door/door-1/cmd")
             await asyncio.sleep(0.1)

@@ -36,6 +36,7 @@ from pydantic_core import ErrorDetails
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from jaa_gateway.domain.events import DeviceEvent, DoorEvent
+from jaa_gateway.topics import ID_PATTERN, is_valid_id
 
 MAX_PAYLOAD_BYTES: Final = 4096
 MAX_MESSAGE_ID_CHARS: Final = 128
@@ -45,9 +46,6 @@ RejectReason = Literal[
     "bad_topic", "too_large", "bad_json", "not_object", "bad_field", "unknown_type"
 ]
 
-# Same shape as config ids, so a topic id can be looked up in the config without surprises.
-_ID_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
-_ID_RE: Final = re.compile(_ID_PATTERN)
 # RFC 3339 date-time; [0-9] rather than \d, which would also accept non-ASCII digits.
 _RFC3339_RE: Final = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
@@ -64,10 +62,6 @@ class Rejected(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason: RejectReason = reason
         self.detail = detail
-
-
-def is_valid_id(value: str) -> bool:
-    return _ID_RE.fullmatch(value) is not None
 
 
 def parse_topic(prefix: str, topic: str) -> tuple[Literal["device", "door"], str]:
@@ -218,7 +212,7 @@ _STRICT: Final = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
 
 MessageId = Annotated[str, PlainValidator(_message_id)]
 Timestamp = Annotated[dt.datetime, PlainValidator(_timestamp)]
-Id = Annotated[str, StringConstraints(pattern=f"^{_ID_PATTERN}$")]
+Id = Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN}$")]
 Battery = Annotated[float, Field(ge=0, le=100)]
 Latitude = Annotated[float, Field(ge=-90, le=90)]
 Longitude = Annotated[float, Field(ge=-180, le=180)]

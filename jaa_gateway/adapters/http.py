@@ -25,6 +25,7 @@ from jaa_gateway.adapters.report_http import ReportHttp
 from jaa_gateway.adapters.twilio_webhooks import TwilioWebhooks
 from jaa_gateway.config import UNREADABLE_RE as _UNSTORABLE_RE
 from jaa_gateway.config import Config, ConfigError, parse_assessment
+from jaa_gateway.domain.alarm import AlarmState
 from jaa_gateway.timeutil import parse_rfc3339
 from jaa_gateway.views import Views
 from jaa_gateway.wire import api as api_wire
@@ -34,15 +35,8 @@ log = structlog.get_logger("jaa_gateway.http")
 __all__ = ["MAX_BODY", "Health", "HttpApi"]
 
 _PLUS_OFFSET = re.compile(r" ([0-9]{2}:[0-9]{2})$")
-ALARM_STATES = (
-    "open",
-    "prealarm",
-    "escalating",
-    "acknowledged",
-    "resolved",
-    "cancelled",
-    "notice",
-)
+# the ?state= filter: "open" (any open state) or one state
+ALARM_STATES = ("open", *(s.value for s in AlarmState))
 
 ApiHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -25,7 +25,6 @@ import contextlib
 import datetime as dt
 import json
 import random
-import re
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,12 +33,13 @@ from typing import Any, Final
 import aiomqtt
 import structlog
 
-from jaa_gateway.adapters.events import Rejected, is_valid_id, parse_message
+from jaa_gateway.adapters.events import Rejected, parse_message
 from jaa_gateway.aio import wait_event, within
 from jaa_gateway.backoff import backoff_delay
 from jaa_gateway.config import MqttSection
 from jaa_gateway.domain.events import DeviceEvent, DoorEvent
 from jaa_gateway.metrics import Metrics
+from jaa_gateway.topics import Topics
 from jaa_gateway.wire.mqtt import gateway_status
 
 log = structlog.get_logger("jaa_gateway.mqtt")
@@ -72,8 +72,6 @@ STOP_TIMEOUT: Final = 8.0
 SOCKET_OPTIONS: Final = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 EventHandler = Callable[[DeviceEvent | DoorEvent], Awaitable[None]]
-
-_TOPIC_ID_RE: Final = re.compile(r"[^/+#\x00]{1,128}")
 
 
 def _utc_now() -> dt.datetime:
@@ -111,7 +109,7 @@ def reconnect_delay(attempt: int, rand: Callable[[], float] = random.random) -> 
     return backoff_delay(attempt + 1, base=BACKOFF_BASE, cap=BACKOFF_CAP, floor=0.5, rand=rand)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class _Outgoing:
     seq: int
     topic: str
@@ -164,8 +162,9 @@ class MqttEdge:
         self._clock = clock
         self._limit = buffer_limit
         self.prefix = section.topic_prefix
-        self.status_topic = f"{self.prefix}/gateway/status"
-        self.subscriptions = (f"{self.prefix}/device/+/event", f"{self.prefix}/door/+/event")
+        self.topics = Topics(self.prefix)
+        self.status_topic = self.topics.status
+        self.subscriptions = self.topics.events
 
         self._connected = False
         self._running = False
@@ -194,17 +193,6 @@ class MqttEdge:
     def buffered(self) -> int:
         """Outgoing messages waiting to be sent."""
         return self._live
-
-    def device_cmd_topic(self, device_id: str) -> str:
-        return f"{self.prefix}/device/{_checked_id(device_id)}/cmd"
-
-    def door_cmd_topic(self, door_id: str) -> str:
-        return f"{self.prefix}/door/{_checked_id(door_id)}/cmd"
-
-    def alarm_topic(self, alarm_id: str) -> str:
-        if _TOPIC_ID_RE.fullmatch(alarm_id) is None:
-            raise ValueError(f"{alarm_id!r} cannot be used in a topic")
-        return f"{self.prefix}/gateway/alarm/{alarm_id}"
 
     async def publish(
         self,
@@ -565,12 +553,6 @@ class MqttEdge:
             item.release()
         finally:
             window.release()
-
-
-def _checked_id(value: str) -> str:
-    if not is_valid_id(value):
-        raise ValueError(f"{value!r} is not a valid id")
-    return value
 
 
 def _refused(code: object) -> bool:

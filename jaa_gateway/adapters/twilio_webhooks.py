@@ -20,6 +20,7 @@ from jaa_gateway.alarms import AckResult
 from jaa_gateway.calls import MAX_SPOKEN
 from jaa_gateway.config import Config
 from jaa_gateway.domain import texts
+from jaa_gateway.domain.alarm import RUNNING
 from jaa_gateway.domain.replies import (
     Acknowledge,
     AlreadyAcknowledged,
@@ -176,7 +177,7 @@ class TwilioWebhooks:
                     (loc.name if (loc := self.cfg.location(a["location"] or "")) else None),
                 )
                 for a in await self.views.alarms_by_id(ids)
-                if a["state"] in ("prealarm", "escalating")
+                if a["state"] in RUNNING
             ]
             if not spoken:
                 return xml(voice_reply(texts.ack_reply_error(lang, "no_open_alarm"), vlang))

@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 import aiomqtt
 
-from jaa_gateway.adapters.events import Rejected, is_valid_id, parse_message
+from jaa_gateway.adapters.events import Rejected, parse_message
+from jaa_gateway.topics import is_valid_id
 
 Kind = Literal["device", "door"]
 

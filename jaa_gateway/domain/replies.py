@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from jaa_gateway.domain.alarm import RUNNING, AlarmState
+
 # Longer than any sane "OK 1234" reply, however punctuated; cheap rejection of long bodies.
 _MAX_REPLY: Final = 40
 
@@ -72,8 +74,6 @@ class Refuse:
 
 SmsAckChoice = Acknowledge | AlreadyAcknowledged | Refuse
 
-_ESCALATING: Final = ("prealarm", "escalating")
-
 
 def choose_alarm(reply: SmsReply, open_alarms: Sequence[OpenAlarm]) -> SmsAckChoice:
     """Which alarm a guard's "OK" means; ``open_alarms`` oldest first.
@@ -85,14 +85,14 @@ def choose_alarm(reply: SmsReply, open_alarms: Sequence[OpenAlarm]) -> SmsAckCho
     A bare "OK" means the one escalating alarm the sender was told about: none or several is
     refused, since guessing could stop the calls for the wrong alarm.
     """
-    candidates = [a for a in open_alarms if a.state in _ESCALATING and a.notified]
+    candidates = [a for a in open_alarms if a.state in RUNNING and a.notified]
     if reply.code is not None:
         chosen = [a for a in candidates if a.code == reply.code] or [
             a for a in open_alarms if a.code == reply.code
         ]
         if not chosen:
             return Refuse("unknown_code")
-        if chosen[0].state == "acknowledged":
+        if chosen[0].state == AlarmState.ACKNOWLEDGED:
             return AlreadyAcknowledged(chosen[0])
         return Acknowledge(chosen[0])
     if not candidates:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import ColumnElement, Insert, Table, Update, and_, bindparam, func, insert, select
 from sqlalchemy import update as sa_update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from jaa_gateway.domain.alarm import OPEN, RUNNING
 from jaa_gateway.store.db import Conn
+from jaa_gateway.store.rows import AlarmRow, alarm_row, alarm_values
 from jaa_gateway.store.schema import (
     alarms,
     assessments,
@@ -31,7 +33,8 @@ class StaleWrite(Exception):
     nothing was written, and the writer's transaction must not go on as if it had been."""
 
 
-OPEN_STATES = ("prealarm", "escalating", "acknowledged")
+OPEN_STATES = tuple(sorted(OPEN))
+RUNNING_STATES = tuple(sorted(RUNNING))
 # Statements on the hot paths are built once, with bound parameters: building one per call
 # costs ~4x more than running it (SQLAlchemy's cache key generation; measured: 190 us against
 # 47 us for a look-up by id, 162 against 29 for an update), and these run on every event
@@ -207,23 +210,27 @@ async def update_session(conn: Conn, session: Row, **values: Any) -> None:
 _GET_ALARM = select(alarms).where(alarms.c.id == bindparam("id"))
 
 
-async def get_alarm(conn: Conn, alarm_id: str) -> Row | None:
-    return _one(await conn.execute(_GET_ALARM, {"id": alarm_id}))
+async def get_alarm(conn: Conn, alarm_id: str) -> AlarmRow | None:
+    row = (await conn.execute(_GET_ALARM, {"id": alarm_id})).mappings().first()
+    return alarm_row(row) if row is not None else None
 
 
-async def open_alarms(conn: Conn, states: tuple[str, ...] = OPEN_STATES) -> list[Row]:
+async def open_alarms(conn: Conn, states: tuple[str, ...] = OPEN_STATES) -> list[AlarmRow]:
     rows = await conn.execute(
         select(alarms).where(alarms.c.state.in_(states)).order_by(alarms.c.opened_at)
     )
-    return [dict(r) for r in rows.mappings()]
+    return [alarm_row(r) for r in rows.mappings()]
 
 
 async def open_alarm_of_device(
     conn: Conn, device: str, kinds: tuple[str, ...] | None = None
-) -> Row | None:
+) -> AlarmRow | None:
     if kinds is None:
-        return _one(await conn.execute(_OPEN_OF_DEVICE, {"device": device}))
-    return _one(await conn.execute(_OPEN_OF_DEVICE_KINDS, {"device": device, "kinds": list(kinds)}))
+        res = await conn.execute(_OPEN_OF_DEVICE, {"device": device})
+    else:
+        res = await conn.execute(_OPEN_OF_DEVICE_KINDS, {"device": device, "kinds": list(kinds)})
+    row = res.mappings().first()
+    return alarm_row(row) if row is not None else None
 
 
 _OPEN_OF_DEVICE = (
@@ -231,7 +238,7 @@ _OPEN_OF_DEVICE = (
     .where(
         and_(
             alarms.c.device == bindparam("device"),
-            alarms.c.state.in_(("prealarm", "escalating")),
+            alarms.c.state.in_(RUNNING_STATES),
         )
     )
     .order_by(alarms.c.opened_at.desc())
@@ -240,11 +247,12 @@ _OPEN_OF_DEVICE = (
 _OPEN_OF_DEVICE_KINDS = _OPEN_OF_DEVICE.where(alarms.c.kind.in_(bindparam("kinds", expanding=True)))
 
 
-async def update_alarm(conn: Conn, alarm: Row, **values: Any) -> None:
+async def update_alarm(conn: Conn, alarm: AlarmRow, **values: Any) -> None:
     """Update an alarm read earlier (`alarm`, the row as read: its id and generation);
     StaleWrite if another writer changed it since (a late step runner cannot put an
-    acknowledged alarm back to escalating)."""
-    await _update(conn, alarms, alarm, values)
+    acknowledged alarm back to escalating). A name that is no column: KeyError."""
+    alarm_values(values)
+    await _update(conn, alarms, cast(Row, alarm), values)
 
 
 def upsert(

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from jaa_gateway.domain.session import CheckinState, checkin_timer
 from jaa_gateway.timeutil import rfc3339
 
 Row = Mapping[str, Any]
@@ -89,12 +90,11 @@ def notification(n: Row, tz: ZoneInfo) -> dict[str, Any]:
 def session(s: Row, tz: ZoneInfo) -> dict[str, Any]:
     """An active session; `checkin_due_at` is the next moment a check-in is needed by: the
     interval's end while waiting, the grace's end once due, else null."""
-    if s["checkin_state"] == "waiting":
-        due = s["checkin_due_at"]
-    elif s["checkin_state"] == "due":
-        due = s["checkin_grace_until"]
-    else:
-        due = None
+    due = checkin_timer(
+        CheckinState(s["checkin_state"]),
+        due_at=s["checkin_due_at"],
+        grace_until=s["checkin_grace_until"],
+    )
     return {
         "id": s["id"],
         "person": s["person"],

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from jaa_gateway.domain.alarm import AlarmState
 from jaa_gateway.timeutil import rfc3339
 from jaa_gateway.wire import api
 
@@ -31,7 +32,7 @@ def alarm_retained(a: Row, tz: ZoneInfo) -> dict[str, Any]:
 def alarm_state(a: Row, now: dt.datetime) -> dict[str, Any]:
     """The device command that tells the current state of an alarm."""
     st = a["state"]
-    if st == "prealarm":
+    if st == AlarmState.PREALARM:
         left = max(0.0, (a["prealarm_until"] or now.timestamp()) - now.timestamp())
         return {
             "type": "prealarm",
@@ -39,9 +40,9 @@ def alarm_state(a: Row, now: dt.datetime) -> dict[str, Any]:
             "kind": a["kind"],
             "cancel_within_s": round(left, 3),
         }
-    if st == "escalating":
+    if st == AlarmState.ESCALATING:
         return {"type": "alarm_raised", "alarm": a["id"], "kind": a["kind"]}
-    if st in ("acknowledged", "resolved"):
+    if st in (AlarmState.ACKNOWLEDGED, AlarmState.RESOLVED):
         return {"type": "alarm_acknowledged", "alarm": a["id"], "by": a["acknowledged_by"]}
     return alarm_cancelled(a["id"])
 

@@ -12,6 +12,8 @@ from jaa_gateway.adapters.console.texts import event_word, status_word, words
 from jaa_gateway.board import Snapshot
 from jaa_gateway.config import Config
 from jaa_gateway.domain import roster, texts
+from jaa_gateway.domain.alarm import RUNNING, AlarmState
+from jaa_gateway.domain.session import CheckinState, checkin_timer
 
 Row = dict[str, Any]
 # a session turns amber this long before its check-in is due
@@ -183,20 +185,19 @@ def alarm_view(cfg: Config, lang: str, a: Row, notes: list[Row], now: float) -> 
             clock_text(a["acknowledged_at"], cfg.tz, now) if a["acknowledged_at"] else None
         ),
         exhausted=bool(a["exhausted"]),
-        may_ack=state in ("prealarm", "escalating"),
-        may_resolve=state == "acknowledged",
+        may_ack=state in RUNNING,
+        may_resolve=state == AlarmState.ACKNOWLEDGED,
     )
 
 
 def session_view(
     cfg: Config, lang: str, s: Row, device: Row | None, now: float, quiet_after_s: float
 ) -> SessionView:
-    if s["checkin_state"] == "waiting":
-        due = s["checkin_due_at"]
-    elif s["checkin_state"] == "due":
-        due = s["checkin_grace_until"]
-    else:
-        due = None
+    due = checkin_timer(
+        CheckinState(s["checkin_state"]),
+        due_at=s["checkin_due_at"],
+        grace_until=s["checkin_grace_until"],
+    )
     heard = device["last_seen"] if device is not None else None
     battery = device["battery"] if device is not None else None
     warn = (due is not None and due - now <= CHECKIN_WARN_S) or (
