@@ -299,14 +299,21 @@ class Outbox:
             # built here, so that a document that cannot be built counts as a failed attempt
             # of these rows (bounded by POISON_TRIES) and never escapes into the task group
             twiml = call_document(group, more, self.cfg.gateway.language, self.cfg.http.public_url)
-            # the pace counts from the request, not the claim: a claim that waited (a busy
-            # loop, the send window) must not bring the next call closer than call_spacing
+            # the pace counts from the request, not the claim (a claim that waited on a busy
+            # loop must not bring the next call closer), and again from the provider's answer:
+            # a first request that also opened the connection reaches the provider later than
+            # it left, and the next call must still arrive call_spacing after it
             spacing = self.cfg.notify.call_spacing.total_seconds()
-            ok_at = self.clock().timestamp() + spacing
-            self._call_ok_at[phone] = max(self._call_ok_at.get(phone, 0.0), ok_at)
-            return await self.notifier.place_call(phone, twiml, status_callback=self.status_url)
+            self._pace(phone, self.clock().timestamp() + spacing)
+            try:
+                return await self.notifier.place_call(phone, twiml, status_callback=self.status_url)
+            finally:
+                self._pace(phone, self.clock().timestamp() + spacing)
 
         await self._attempt(group, "call", send)
+
+    def _pace(self, phone: str, ok_at: float) -> None:
+        self._call_ok_at[phone] = max(self._call_ok_at.get(phone, 0.0), ok_at)
 
     async def _strike(self, rows: list[dict[str, Any]], exc: BaseException) -> None:
         """A pending row whose handling raised before any send: count the try, back off, and
