@@ -25,7 +25,7 @@ import datetime as dt
 import random
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import aiomqtt
 import structlog
@@ -71,8 +71,12 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-OFFLINE: Final = encode_payload(gateway_status("offline"))
-ONLINE: Final = encode_payload(gateway_status("online"))
+def _status(state: Literal["online", "offline"], node: str | None) -> bytes:
+    """The retained gateway status; under hot standby (CONTRACT §8) it names the node."""
+    body = gateway_status(state)
+    if node is not None:
+        body["node"] = node
+    return encode_payload(body)
 
 
 def reconnect_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
@@ -108,10 +112,8 @@ class MqttEdge:
         # hot standby (CONTRACT §8): only the leader connects with the client id, and the
         # status names the node; a gateway alone passes neither
         self._may_connect = may_connect
-        self._online = ONLINE if node is None else encode_payload({"state": "online", "node": node})
-        self._offline = (
-            OFFLINE if node is None else encode_payload({"state": "offline", "node": node})
-        )
+        self._online = _status("online", node)
+        self._offline = _status("offline", node)
         self._metrics = metrics
         self._on_event = on_event
         self._on_connect = on_connect
