@@ -11,29 +11,28 @@ Why it is built this way:
 * aiomqtt acknowledges a message before we handle it; its iterator hands out what is already
   queued before reporting a lost connection, so on a disconnect (and on ``stop()``) the reader
   drains those messages to the handler rather than dropping them.
-* Outgoing messages go through one ordered buffer: sent in order with a small window in flight,
-  parked while disconnected (bounded, oldest dropped), flushed in order after reconnecting.
-  Retained topics (gateway status, alarm state) only need their latest value, so a newer
-  retained message replaces a buffered older one.
+* Outgoing messages go through one ordered buffer (``adapters/mqtt_send.py``): sent in order
+  with a small window in flight, parked while disconnected (bounded, oldest dropped), flushed in
+  order after reconnecting. Retained topics (gateway status, alarm state) only need their
+  latest value, so a newer retained message replaces a buffered older one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import datetime as dt
-import json
 import random
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import aiomqtt
 import structlog
 
 from jaa_gateway.adapters.events import Rejected, parse_message
+from jaa_gateway.adapters.mqtt_send import BUFFER_LIMIT, SendQueue, encode_payload
+from jaa_gateway.adapters.mqtt_send import MAX_IN_FLIGHT as MAX_IN_FLIGHT  # re-exported
 from jaa_gateway.aio import wait_event, within
 from jaa_gateway.backoff import backoff_delay
 from jaa_gateway.config import MqttSection
@@ -45,12 +44,6 @@ from jaa_gateway.wire.mqtt import gateway_status
 log = structlog.get_logger("jaa_gateway.mqtt")
 
 
-BUFFER_LIMIT: Final = 10_000
-# QoS 1 publishes awaiting their PUBACK. Answers go out at this window per round trip: 8 (under
-# aiomqtt's default warning threshold of 10 pending calls) let a wave of 10,000 lapsing
-# check-ins overflow the buffer (issue 6: half the checkin_due never left), so the window is
-# wider, and aiomqtt's warning threshold and paho's in-flight limit are raised with it.
-MAX_IN_FLIGHT: Final = 64
 # A safety product must be back quickly: first retry after ~0.1-0.2 s, never more than 5 s apart.
 BACKOFF_BASE: Final = 0.2
 BACKOFF_CAP: Final = 5.0
@@ -78,50 +71,18 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _json_default(value: object) -> str:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            raise TypeError("naive datetime in an MQTT payload")
-        return value.isoformat()
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def encode_payload(payload: dict[str, Any] | bytes | None) -> bytes:
-    """dict -> compact UTF-8 JSON; bytes as they are; None -> empty (clears a retained topic)."""
-    if payload is None:
-        return b""
-    if isinstance(payload, bytes | bytearray):
-        return bytes(payload)
-    return json.dumps(
-        payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
-    ).encode("utf-8")
-
-
-OFFLINE: Final = encode_payload(gateway_status("offline"))
-ONLINE: Final = encode_payload(gateway_status("online"))
+def _status(state: Literal["online", "offline"], node: str | None) -> bytes:
+    """The retained gateway status; under hot standby (CONTRACT §8) it names the node."""
+    body = gateway_status(state)
+    if node is not None:
+        body["node"] = node
+    return encode_payload(body)
 
 
 def reconnect_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
     """The pause before reconnect ``attempt`` (0 = the first): in [d/2, d],
     d = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)."""
     return backoff_delay(attempt + 1, base=BACKOFF_BASE, cap=BACKOFF_CAP, floor=0.5, rand=rand)
-
-
-@dataclass(eq=False, repr=False)
-class _Outgoing:
-    seq: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    waiter: asyncio.Future[None] | None = None
-    dead: bool = False  # superseded by a newer retained value, or dropped
-
-    def release(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
 
 
 class MqttEdge:
@@ -151,16 +112,13 @@ class MqttEdge:
         # hot standby (CONTRACT §8): only the leader connects with the client id, and the
         # status names the node; a gateway alone passes neither
         self._may_connect = may_connect
-        self._online = ONLINE if node is None else encode_payload({"state": "online", "node": node})
-        self._offline = (
-            OFFLINE if node is None else encode_payload({"state": "offline", "node": node})
-        )
+        self._online = _status("online", node)
+        self._offline = _status("offline", node)
         self._metrics = metrics
         self._on_event = on_event
         self._on_connect = on_connect
         self._on_state = on_state
         self._clock = clock
-        self._limit = buffer_limit
         self.prefix = section.topic_prefix
         self.topics = Topics(self.prefix)
         self.status_topic = self.topics.status
@@ -171,14 +129,7 @@ class MqttEdge:
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
 
-        self._buffer: collections.deque[_Outgoing] = collections.deque()
-        self._live = 0  # items in _buffer that are not dead
-        self._retained: dict[str, _Outgoing] = {}  # latest buffered retained item per topic
-        self._wakeup = asyncio.Event()
-        self._flying: set[_Outgoing] = set()  # handed to the sender, not yet acknowledged
-        self._seq = 0
-
-        self.dropped_publishes = 0
+        self._out = SendQueue(buffer_limit)
         self.handler_errors = 0
 
     # ------------------------------------------------------------------ public
@@ -192,7 +143,12 @@ class MqttEdge:
     @property
     def buffered(self) -> int:
         """Outgoing messages waiting to be sent."""
-        return self._live
+        return self._out.buffered
+
+    @property
+    def dropped_publishes(self) -> int:
+        """Outgoing messages dropped (oldest first) because the buffer was full."""
+        return self._out.dropped
 
     async def publish(
         self,
@@ -215,13 +171,11 @@ class MqttEdge:
             raise ValueError("qos must be 0, 1 or 2")
         if not topic or "+" in topic or "#" in topic:
             raise ValueError(f"{topic!r} is not a topic to publish to")
-        self._seq += 1
-        item = _Outgoing(self._seq, topic, encode_payload(payload), qos, retain)
-        if self._connected and wait:
-            item.waiter = asyncio.get_running_loop().create_future()
-        self._enqueue(item)
-        if item.waiter is not None:
-            await item.waiter
+        waiter = self._out.put(
+            topic, encode_payload(payload), qos, retain, wait=self._connected and wait
+        )
+        if waiter is not None:
+            await waiter
 
     async def run(self) -> None:
         """Connect, receive and send until `stop()`; reconnects with jittered backoff."""
@@ -284,12 +238,7 @@ class MqttEdge:
     def forget(self) -> None:
         """Hot standby: after stepping down (run() cancelled), drop what was queued as leader,
         so that a later term does not publish stale answers, and allow run() again."""
-        for item in self._buffer:
-            item.release()
-        self._buffer.clear()
-        self._live = 0
-        self._retained.clear()
-        self._flying.clear()
+        self._out.clear()
         self._stopping.clear()
 
     # ------------------------------------------------------------------ connection
@@ -337,7 +286,7 @@ class MqttEdge:
                     self._set_connected(True)
                     log.info("mqtt_connected", host=self._section.host, port=self._section.port)
                     reader = tg.create_task(self._read(client), name="mqtt-reader")
-                    sender = tg.create_task(self._send_loop(client, broken), name="mqtt-sender")
+                    sender = tg.create_task(self._out.send_loop(client, broken), name="mqtt-sender")
                     hook = tg.create_task(self._run_on_connect(), name="mqtt-on-connect")
                     stopping = tg.create_task(self._stopping.wait(), name="mqtt-stop-wait")
                     failed = tg.create_task(broken.wait(), name="mqtt-broken-wait")
@@ -369,10 +318,7 @@ class MqttEdge:
                         reader.cancel()
         finally:
             self._set_connected(False)
-            # Sends that were cancelled (or never started) go out again after the reconnect.
-            for item in sorted(self._flying, key=lambda i: i.seq):
-                self._requeue(item)
-            self._flying.clear()
+            self._out.requeue_in_flight()
         if accepted and not self._stopping.is_set():
             log.warning("mqtt_disconnected")
         return accepted
@@ -391,10 +337,11 @@ class MqttEdge:
         deadline = loop.time() + STOP_FLUSH_TIMEOUT
         # Polled, once, at shutdown and for at most STOP_FLUSH_TIMEOUT: an event would need
         # upkeep on every buffer path for no gain.
-        while (self._live or self._flying) and loop.time() < deadline:  # noqa: ASYNC110
+        out = self._out
+        while (out.buffered or out.in_flight) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-        if self._live or self._flying:
-            log.warning("mqtt_stop_unflushed", buffered=self._live, in_flight=len(self._flying))
+        if out.buffered or out.in_flight:
+            log.warning("mqtt_stop_unflushed", buffered=out.buffered, in_flight=out.in_flight)
 
     def _set_connected(self, value: bool) -> None:
         changed = value != self._connected
@@ -407,8 +354,7 @@ class MqttEdge:
         self._metrics.mqtt_connected.set(1 if value else 0)
         if not value:
             # Callers waiting on a send return: their message stays parked for the next connect.
-            for item in self._buffer:
-                item.release()
+            self._out.release_waiters()
 
     # ------------------------------------------------------------------ inbound
 
@@ -444,115 +390,6 @@ class MqttEdge:
             self.handler_errors += 1
             self._metrics.rejected.labels(reason="handler_error").inc()
             log.exception("mqtt_event_handler_failed", topic=topic, event_id=event.id)
-
-    # ------------------------------------------------------------------ outbound
-
-    def _enqueue(self, item: _Outgoing) -> None:
-        if item.retain:
-            older = self._retained.get(item.topic)
-            if older is not None:
-                self._kill(older)
-            self._retained[item.topic] = item
-        while self._live >= self._limit:
-            self._drop_oldest()
-        self._buffer.append(item)
-        self._live += 1
-        self._wakeup.set()
-
-    def _requeue(self, item: _Outgoing) -> None:
-        """Put back an item whose send failed, ahead of newer ones and in its original order."""
-        item.release()
-        if item.dead or (item.retain and self._retained.get(item.topic, item) is not item):
-            return  # a newer retained value for the topic is already waiting
-        if item.retain:
-            self._retained[item.topic] = item
-        while self._live >= self._limit:
-            self._drop_oldest()
-        i = 0
-        while i < len(self._buffer) and self._buffer[i].seq < item.seq:
-            i += 1
-        self._buffer.insert(i, item)
-        self._live += 1
-        self._wakeup.set()
-
-    def _kill(self, item: _Outgoing) -> None:
-        item.dead = True
-        item.release()
-        self._live -= 1
-
-    def _drop_oldest(self) -> None:
-        while self._buffer:
-            item = self._buffer.popleft()
-            if item.dead:
-                continue
-            self._kill(item)
-            self._forget_retained(item)
-            self.dropped_publishes += 1
-            log.warning(
-                "mqtt_publish_dropped",
-                topic=item.topic,
-                dropped_total=self.dropped_publishes,
-                limit=self._limit,
-            )
-            return
-
-    def _take(self) -> _Outgoing | None:
-        while self._buffer:
-            item = self._buffer.popleft()
-            if item.dead:
-                continue
-            self._live -= 1
-            self._forget_retained(item)
-            return item
-        return None
-
-    def _forget_retained(self, item: _Outgoing) -> None:
-        if item.retain and self._retained.get(item.topic) is item:
-            del self._retained[item.topic]
-
-    async def _send_loop(self, client: aiomqtt.Client, broken: asyncio.Event) -> None:
-        window = asyncio.Semaphore(MAX_IN_FLIGHT)
-        async with asyncio.TaskGroup() as tg:
-            while True:
-                await window.acquire()
-                item = self._take()
-                while item is None:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    item = self._take()
-                # Registered before the task runs: a task cancelled before its first step never
-                # executes its body, and its item must still be sent again later.
-                self._flying.add(item)
-                # Tasks start in creation order and hand their packet to paho before their
-                # first await, so the wire order is the buffer order.
-                tg.create_task(self._send_one(client, item, window, broken))
-
-    async def _send_one(
-        self,
-        client: aiomqtt.Client,
-        item: _Outgoing,
-        window: asyncio.Semaphore,
-        broken: asyncio.Event,
-    ) -> None:
-        try:
-            await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
-        except aiomqtt.MqttError as exc:
-            # Not acknowledged: it may or may not have arrived. Send it again after a
-            # reconnect; duplicates are harmless (answers repeat state), losses are not.
-            self._flying.discard(item)
-            self._requeue(item)
-            log.warning("mqtt_publish_failed", topic=item.topic, error=str(exc))
-            broken.set()
-        except Exception:
-            # paho refused the message itself (e.g. too large): retrying cannot help.
-            self._flying.discard(item)
-            item.release()
-            log.exception("mqtt_publish_invalid", topic=item.topic)
-        else:
-            self._flying.discard(item)
-            item.release()
-        finally:
-            window.release()
 
 
 def _refused(code: object) -> bool:
