@@ -1,6 +1,7 @@
 """The outbox sender: claims pending notifications with a compare-and-set, hands them to the
-transport, records the SID or the failure, and retries transient failures with jittered backoff
-for a bounded time. Delivery is at-least-once: for an alarm, a duplicate beats a miss.
+transport, records the SID or the failure (jaa_gateway.outbox_record), and retries transient
+failures with jittered backoff for a bounded time. Delivery is at-least-once: for an alarm, a
+duplicate beats a miss.
 
 Sending runs beside the engine, never inside it: the escalation timetable never waits on a slow
 or failing provider. Calls to one number are paced (caller-ID spam flagging): a held-back call
@@ -22,7 +23,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import and_, exists, func, not_, or_, select, update
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from jaa_gateway.aio import wait_event
 from jaa_gateway.calls import call_document, plan_call
@@ -30,7 +31,8 @@ from jaa_gateway.config import Config
 from jaa_gateway.domain.alarm import AlarmState
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.notify.base import Notifier, SendResult, TransportError
-from jaa_gateway.outcomes import POISON_TRIES, Crashed, due_rows, mark_unrecordable, outcome
+from jaa_gateway.outbox_record import Attempt, Recorder
+from jaa_gateway.outcomes import Crashed, due_rows
 from jaa_gateway.store import queries as q
 from jaa_gateway.store.db import Store
 from jaa_gateway.store.schema import alarms, notifications
@@ -40,9 +42,6 @@ log = structlog.get_logger("jaa_gateway.outbox")
 
 BATCH = 200
 MAX_IN_FLIGHT = 32
-# while the database refuses to record an outcome (full, read-only), try again this often
-RECORD_RETRY_MIN = 0.5
-RECORD_RETRY_MAX = 5.0
 
 # a step notification may only start while its alarm is still escalating (the ack race)
 _ALARM_STILL_ESCALATING = or_(
@@ -78,14 +77,26 @@ class Outbox:
         self._direct: list[dict[str, Any]] = []
         self._in_flight: set[int] = set()
         self._call_ok_at: dict[str, float] = {}  # phone -> earliest next call (epoch)
-        self.last_success: float | None = None
-        self.last_failure: float | None = None
-        self.failing_since: float | None = None
+        self._recorder = Recorder(
+            cfg, store, metrics, clock=clock, rand=rand, recorded=lambda: self.recorded()
+        )
         # hot standby (CONTRACT §8): asked right before each provider request; a node that is
         # not (or no longer surely) the leader sends nothing (App sets it when clustered)
         self.may_act: Callable[[], bool] = lambda: True
         # console hook: told after a send's outcome is stored (App sets it)
         self.recorded: Callable[[], None] = lambda: None
+
+    @property
+    def last_success(self) -> float | None:
+        return self._recorder.last_success
+
+    @property
+    def last_failure(self) -> float | None:
+        return self._recorder.last_failure
+
+    @property
+    def failing_since(self) -> float | None:
+        return self._recorder.failing_since
 
     def wake(self) -> None:
         self._wake.set()
@@ -224,39 +235,22 @@ class Outbox:
 
     async def _maybe_call(self, tg: asyncio.TaskGroup, phone: str, now: float) -> None:
         ok_at = self._call_ok_at.get(phone, 0.0)
+        numbers_calls = (notifications.c.channel == "call", notifications.c.phone == phone)
+        pending_calls = and_(notifications.c.state == "pending", *numbers_calls)
         async with self.store.tx() as conn:
-            rows = await due_rows(
-                conn,
-                now,
-                notifications.c.channel == "call",
-                notifications.c.phone == phone,
-            )
+            rows = await due_rows(conn, now, *numbers_calls)
             if ok_at > now:
                 # paced: hold the call back; it will speak every alarm still open then
                 await conn.execute(
                     update(notifications)
-                    .where(
-                        and_(
-                            notifications.c.state == "pending",
-                            notifications.c.channel == "call",
-                            notifications.c.phone == phone,
-                            notifications.c.next_attempt_at < ok_at,
-                        )
-                    )
+                    .where(and_(pending_calls, notifications.c.next_attempt_at < ok_at))
                     .values(next_attempt_at=ok_at)
                 )
                 return
             # calls for alarms no longer escalating are not read, nor counted as "more"
             await conn.execute(
                 update(notifications)
-                .where(
-                    and_(
-                        notifications.c.state == "pending",
-                        notifications.c.channel == "call",
-                        notifications.c.phone == phone,
-                        not_(_ALARM_STILL_ESCALATING),
-                    )
-                )
+                .where(and_(pending_calls, not_(_ALARM_STILL_ESCALATING)))
                 .values(state="cancelled", error="alarm no longer escalating")
             )
         rows = [r for r in rows if r["id"] not in self._in_flight]
@@ -319,13 +313,14 @@ class Outbox:
         """A pending row whose handling raised before any send: count the try, back off, and
         after POISON_TRIES mark it failed (audited like any failed notification)."""
         for r in rows:
-            channel = str(r["channel"])
-            await self._record_until_stored([r], channel, None, Crashed(exc), unclaimed=True)
+            await self._recorder.until_stored(
+                Attempt([r], str(r["channel"]), error=Crashed(exc), unclaimed=True)
+            )
 
     async def _drop(self, rows: list[dict[str, Any]], channel: str) -> None:
         """Step rows whose alarm was acknowledged after their claim: never started."""
         try:
-            await self._record_until_stored(rows, channel, None, None, dropped=True)
+            await self._recorder.until_stored(Attempt(rows, channel, dropped=True))
         finally:
             self._in_flight.difference_update(r["id"] for r in rows)
             self.wake()
@@ -352,131 +347,10 @@ class Outbox:
                 asyncio.get_running_loop().time() - t0
             )
         try:
-            await self._record_until_stored(rows, channel, result, error)
+            await self._recorder.until_stored(Attempt(rows, channel, result, error))
         finally:
             self._in_flight.difference_update(ids)
             self.wake()
-
-    async def _record_until_stored(
-        self,
-        rows: list[dict[str, Any]],
-        channel: str,
-        result: SendResult | None,
-        error: TransportError | None,
-        dropped: bool = False,
-        unclaimed: bool = False,
-    ) -> None:
-        """Record the outcome, retrying while the database refuses it.
-
-        A send task must not raise: its exception would end the outbox's task group, and with
-        it every later notification, while the daemon looked healthy. Meanwhile the rows stay
-        claimed ('sending'), so no other pass sends them again; a restart requeues them.
-        A failure that is not the database refusing (a row it cannot store) is tried
-        POISON_TRIES times; then each row is recorded on its own, and a row that still cannot
-        be is marked failed with a plain message.
-        """
-        delay = RECORD_RETRY_MIN
-        tries = 0
-        while True:
-            try:
-                await self._record(rows, channel, result, error, dropped, unclaimed)
-                return
-            except Exception as exc:
-                if not isinstance(exc, OperationalError):
-                    tries += 1
-                if tries >= POISON_TRIES:
-                    if len(rows) > 1:
-                        for r in rows:
-                            await self._record_until_stored(
-                                [r], channel, result, error, dropped, unclaimed
-                            )
-                        return
-                    if await mark_unrecordable(self.store, rows[0], channel, exc, now=self.clock):
-                        self.metrics.notifications.labels(channel=channel, outcome="failed").inc()
-                        return
-                log.error(
-                    "outbox_record_failed",
-                    channel=channel,
-                    notifications=[r["id"] for r in rows],
-                    sent=result is not None,
-                    error_type=type(exc).__name__,
-                    error=str(exc)[:200],
-                    retry_in_s=delay,
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECORD_RETRY_MAX)
-
-    async def _record(
-        self,
-        rows: list[dict[str, Any]],
-        channel: str,
-        result: SendResult | None,
-        error: TransportError | None,
-        dropped: bool = False,
-        unclaimed: bool = False,
-    ) -> None:
-        now = self.clock().timestamp()
-        retry_for = self.cfg.notify.retry_for.total_seconds()
-        failed = 0
-        async with self.store.tx() as conn:
-            for r in rows:
-                values, event, detail = outcome(
-                    r, now, result, error, dropped, retry_for=retry_for, rand=self.rand
-                )
-                failed += event == "notification_failed"
-                where = notifications.c.id == r["id"]
-                if unclaimed:  # a strike on a pending row: it counts as a try
-                    values["attempts"] = int(r["attempts"]) + 1
-                    where = and_(where, notifications.c.state == "pending")
-                await conn.execute(update(notifications).where(where).values(**values))
-                await q.add_audit(
-                    conn,
-                    now,
-                    event,
-                    alarm=r["alarm"],
-                    actor=r["person"],
-                    channel=channel,
-                    purpose=r["purpose"],
-                    k=r["k"],
-                    to=r["phone"],
-                    notification=r["id"],
-                    **detail,
-                )
-        self.recorded()
-        if dropped:
-            return
-        if result is not None:
-            self.last_success = now
-            self.failing_since = None
-            self.metrics.notifications.labels(channel=channel, outcome="sent").inc(len(rows))
-            log.info(
-                "notification_sent",
-                channel=channel,
-                sid=result.sid,
-                alarm=rows[0]["alarm"],
-                purpose=rows[0]["purpose"],
-                count=len(rows),
-            )
-        else:
-            assert error is not None
-            self.last_failure = now
-            if self.failing_since is None:
-                self.failing_since = now
-            if failed:
-                self.metrics.notifications.labels(channel=channel, outcome="failed").inc(failed)
-            if len(rows) > failed:
-                self.metrics.notifications.labels(channel=channel, outcome="retry").inc(
-                    len(rows) - failed
-                )
-            log.error(
-                "notification_failed",
-                channel=channel,
-                alarm=rows[0]["alarm"],
-                error=error.message[:200],
-                permanent=error.permanent,
-                status=error.status,
-                code=error.code,
-            )
 
     def forget(self) -> None:
         """Hot standby: after stepping down, what this node held in memory as leader goes;

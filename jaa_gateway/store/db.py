@@ -1,4 +1,5 @@
-"""The database: connection set-up, versioned migrations, transactions.
+"""The database: connection set-up, transactions, the fence; the migrations run from here
+(store/migrations.py), the connection adapters are in store/conn.py.
 
 SQLite runs in WAL mode with synchronous=FULL: an alarm that was committed must survive a power
 cut, not only a process crash, and FULL costs ~0.4 ms more a commit (STYLE.md, measured), which
@@ -17,222 +18,30 @@ statement is a network round trip. Both are used through the same small ``Conn``
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVarTuple, overload
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import (
-    Connection,
-    CursorResult,
-    Executable,
-    create_engine,
-    event,
-    inspect,
-    select,
-    text,
-)
+from sqlalchemy import Connection, create_engine, event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.sql.elements import TextClause
-from sqlalchemy.sql.selectable import CompoundSelect, Select, TypedReturnsRows
 
 from jaa_gateway.store import schema
+from jaa_gateway.store.conn import AsyncConn, SyncConn
+
+# Conn and MIGRATIONS are imported from here across the code and tests: db is the store's door
+from jaa_gateway.store.conn import Conn as Conn
+from jaa_gateway.store.migrations import MIGRATION_LOCK as MIGRATION_LOCK
+from jaa_gateway.store.migrations import MIGRATIONS as MIGRATIONS
 
 if TYPE_CHECKING:
     # imported only for PostgreSQL: it pulls in the ORM, ~0.12 s of every start-up
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = structlog.get_logger("jaa_gateway.store")
-
-_Ts = TypeVarTuple("_Ts")
-
-
-class Conn(Protocol):
-    """What a transaction offers: the subset of SQLAlchemy's AsyncConnection the code uses."""
-
-    @overload
-    async def execute(
-        self, statement: TypedReturnsRows[*_Ts], parameters: Any = None
-    ) -> CursorResult[*_Ts]: ...
-
-    @overload
-    async def execute(
-        self, statement: Executable, parameters: Any = None
-    ) -> CursorResult[*tuple[Any, ...]]: ...
-
-    async def execute(
-        self, statement: Executable, parameters: Any = None
-    ) -> CursorResult[*tuple[Any, ...]]: ...
-
-    async def exec_driver_sql(
-        self, statement: str, parameters: Sequence[Any] | None = None
-    ) -> CursorResult[*tuple[Any, ...]]: ...
-
-    async def run_sync(self, fn: Callable[[Connection], Any]) -> Any: ...
-
-    def begin_nested(self) -> Any:
-        """An async context manager: a SAVEPOINT that rolls back alone on error."""
-
-    @property
-    def dialect_name(self) -> str:
-        """ "sqlite" or "postgresql": for the few statements whose SQL differs (upserts)."""
-
-
-class SyncConn:
-    """A synchronous SQLAlchemy connection behind the async ``Conn`` interface (SQLite)."""
-
-    __slots__ = ("_c",)
-
-    def __init__(self, conn: Connection) -> None:
-        self._c = conn
-
-    @overload
-    async def execute(
-        self, statement: TypedReturnsRows[*_Ts], parameters: Any = None
-    ) -> CursorResult[*_Ts]: ...
-
-    @overload
-    async def execute(
-        self, statement: Executable, parameters: Any = None
-    ) -> CursorResult[*tuple[Any, ...]]: ...
-
-    async def execute(
-        self, statement: Executable, parameters: Any = None
-    ) -> CursorResult[*tuple[Any, ...]]:
-        return self._c.execute(statement, parameters)
-
-    async def exec_driver_sql(
-        self, statement: str, parameters: Sequence[Any] | None = None
-    ) -> CursorResult[*tuple[Any, ...]]:
-        return self._c.exec_driver_sql(statement, tuple(parameters) if parameters else ())
-
-    async def run_sync(self, fn: Callable[[Connection], Any]) -> Any:
-        return fn(self._c)
-
-    @property
-    def dialect_name(self) -> str:
-        return self._c.dialect.name
-
-    @asynccontextmanager
-    async def begin_nested(self) -> AsyncIterator[None]:
-        with self._c.begin_nested():
-            yield
-
-
-def _reads_only(statement: Executable | str) -> bool:
-    """A statement that cannot change anything (the fence is for transactions that write)."""
-    if isinstance(statement, Select | CompoundSelect):
-        return True
-    sql = statement.text if isinstance(statement, TextClause) else statement
-    return isinstance(sql, str) and sql.lstrip()[:6].lower() == "select"
-
-
-class AsyncConn:
-    """SQLAlchemy's AsyncConnection behind the same interface (PostgreSQL on asyncpg).
-
-    `wrote` says whether anything but a SELECT ran (the cluster's fence checks those)."""
-
-    __slots__ = ("_c", "wrote")
-
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._c = conn
-        self.wrote = False
-
-    @overload
-    async def execute(
-        self, statement: TypedReturnsRows[*_Ts], parameters: Any = None
-    ) -> CursorResult[*_Ts]: ...
-
-    @overload
-    async def execute(
-        self, statement: Executable, parameters: Any = None
-    ) -> CursorResult[*tuple[Any, ...]]: ...
-
-    async def execute(
-        self, statement: Executable, parameters: Any = None
-    ) -> CursorResult[*tuple[Any, ...]]:
-        if not self.wrote and not _reads_only(statement):
-            self.wrote = True
-        return await self._c.execute(statement, parameters)
-
-    async def exec_driver_sql(
-        self, statement: str, parameters: Sequence[Any] | None = None
-    ) -> CursorResult[*tuple[Any, ...]]:
-        if not self.wrote and not _reads_only(statement):
-            self.wrote = True
-        return await self._c.exec_driver_sql(statement, tuple(parameters) if parameters else ())
-
-    async def run_sync(self, fn: Callable[[Connection], Any]) -> Any:
-        self.wrote = True
-        return await self._c.run_sync(fn)
-
-    @property
-    def dialect_name(self) -> str:
-        return self._c.dialect.name
-
-    @asynccontextmanager
-    async def begin_nested(self) -> AsyncIterator[None]:
-        async with self._c.begin_nested():
-            yield
-
-
-Migration = Callable[[Conn], Awaitable[None]]
-
-
-async def _v1(conn: Conn) -> None:
-    await conn.run_sync(schema.metadata.create_all)
-
-
-async def _v2(conn: Conn) -> None:
-    # v1 creates the current metadata, these included, on a new database: IF NOT EXISTS
-    await conn.exec_driver_sql(
-        "CREATE INDEX IF NOT EXISTS ix_alarms_code_state ON alarms (code, state)"
-    )
-    await conn.exec_driver_sql(
-        "CREATE INDEX IF NOT EXISTS ix_alarms_device_state ON alarms (device, state)"
-    )
-
-
-async def _v3(conn: Conn) -> None:
-    # v1 creates the current metadata on a new database: only what is missing
-    def session_columns(c: Connection) -> set[str]:
-        return {col["name"] for col in inspect(c).get_columns("sessions")}
-
-    if "generation" not in await conn.run_sync(session_columns):
-        await conn.exec_driver_sql(
-            "ALTER TABLE sessions ADD COLUMN generation INTEGER NOT NULL DEFAULT 0"
-        )
-    await conn.run_sync(lambda c: schema.health.create(c, checkfirst=True))
-    # the old probe created this table at run time (DDL on every /healthz)
-    await conn.exec_driver_sql("DROP TABLE IF EXISTS health_probe")
-
-
-async def _v4(conn: Conn) -> None:
-    await conn.run_sync(lambda c: schema.leases.create(c, checkfirst=True))
-    await conn.execute(
-        text(
-            "INSERT INTO leases (name, node, token, expires_at) VALUES ('leader', NULL, 0, :t) "
-            "ON CONFLICT (name) DO NOTHING"
-        ),
-        {"t": dt.datetime(1970, 1, 1, tzinfo=dt.UTC)},
-    )
-
-
-# Append only: a released migration is never edited; a schema change is a new entry.
-MIGRATIONS: list[tuple[int, str, Migration]] = [
-    (1, "initial schema", _v1),
-    (2, "indexes for alarm codes and a device's open alarm", _v2),
-    (3, "session generations (compare-and-set), the health probe's table", _v3),
-    (4, "the leader's lease (hot standby)", _v4),
-]
-
-# Gateways starting together on one PostgreSQL database migrate one at a time (the lock is
-# the transaction's: released by its commit or rollback, and by the server if the process dies)
-MIGRATION_LOCK = 0x6A61615F6D6967  # "jaa_mig"
 
 
 # outbox.MAX_IN_FLIGHT sends may each record their outcome at once (tests/test_store.py checks
