@@ -198,6 +198,29 @@ def _unwatched(lang: str, n: int | None) -> str:
     return f"{who} unwatched now. Check that they are safe."
 
 
+# alarm_sms's words: headline, worker, place, map, position only, nothing known, how to ack
+_SMS_LINES: Final[dict[str, tuple[str, str, str, str, str, str, str]]] = {
+    "nb": (
+        "JAA-ALARM",
+        "Person",
+        "Sted",
+        "Kart",
+        "ukjent sted, siste kjente posisjon",
+        "ukjent sted, ingen kjent posisjon",
+        "Svar OK {code} for å kvittere",
+    ),
+    "en": (
+        "JAA ALARM",
+        "Worker",
+        "Location",
+        "Map",
+        "unknown, last known position",
+        "unknown, no known position",
+        "Reply OK {code} to acknowledge",
+    ),
+}
+
+
 def alarm_sms(
     lang: Lang,
     kind: str,
@@ -215,37 +238,22 @@ def alarm_sms(
     `contact_lost` names no worker or place but how many sessions are `unwatched` now."""
     what = _kind(lang, kind)
     code = _code(code)
+    head, person, place, map_label, position_only, nowhere, reply = _SMS_LINES[lang]
     if kind == "contact_lost":
-        if lang == "nb":
-            return (
-                f"JAA-ALARM: {what}\n{_unwatched(lang, unwatched)}\nSvar OK {code} for å kvittere"
-            )
-        return f"JAA ALARM: {what}\n{_unwatched(lang, unwatched)}\nReply OK {code} to acknowledge"
+        return f"{head}: {what}\n{_unwatched(lang, unwatched)}\n{reply.format(code=code)}"
     who = _worker(lang, worker_name)
     name = _name(location_name)
     link = map_link(lat, lon)
-    if lang == "nb":
-        lines = [f"JAA-ALARM: {what}", f"Person: {who}"]
-        if name is not None:
-            lines.append(f"Sted: {name}")
-            if link:
-                lines.append(f"Kart: {link}")
-        elif link:
-            lines.append(f"Sted: ukjent sted, siste kjente posisjon {link}")
-        else:
-            lines.append("Sted: ukjent sted, ingen kjent posisjon")
-        lines.append(f"Svar OK {code} for å kvittere")
-        return "\n".join(lines)
-    lines = [f"JAA ALARM: {what}", f"Worker: {who}"]
+    lines = [f"{head}: {what}", f"{person}: {who}"]
     if name is not None:
-        lines.append(f"Location: {name}")
+        lines.append(f"{place}: {name}")
         if link:
-            lines.append(f"Map: {link}")
+            lines.append(f"{map_label}: {link}")
     elif link:
-        lines.append(f"Location: unknown, last known position {link}")
+        lines.append(f"{place}: {position_only} {link}")
     else:
-        lines.append("Location: unknown, no known position")
-    lines.append(f"Reply OK {code} to acknowledge")
+        lines.append(f"{place}: {nowhere}")
+    lines.append(reply.format(code=code))
     return "\n".join(lines)
 
 
