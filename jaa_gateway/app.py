@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import itertools
-import os
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -24,63 +21,30 @@ from jaa_gateway.adapters.mqtt import MqttEdge
 from jaa_gateway.adapters.report_http import ReportHttp
 from jaa_gateway.adapters.scheduler import housekeeping_scheduler
 from jaa_gateway.aio import within
-from jaa_gateway.alarms import Acks, AlarmWriter, Announcer, Escalator, Raiser
-from jaa_gateway.assessments import Assessments
 from jaa_gateway.board import Board
 from jaa_gateway.cluster import Cluster, Role
 from jaa_gateway.config import Config
 from jaa_gateway.deadlines import Deadlines
-from jaa_gateway.devices import Devices
-from jaa_gateway.domain.events import DeviceEvent, DoorEvent
-from jaa_gateway.doors import Doors
-from jaa_gateway.engine import Engine, Services
-from jaa_gateway.inbound import Inbound
+from jaa_gateway.intake import Intake
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.notify import make_notifier
 from jaa_gateway.notify.base import Notifier
 from jaa_gateway.outbox import Outbox
-from jaa_gateway.presence import Presence
 from jaa_gateway.report.service import Reports
 from jaa_gateway.selfwatch import SelfWatch
-from jaa_gateway.session_timers import SessionTimers
-from jaa_gateway.sessions import Sessions
 from jaa_gateway.store.db import Store
 from jaa_gateway.supervise import Supervisor
-from jaa_gateway.timeutil import utcnow
-from jaa_gateway.topics import Topics
+from jaa_gateway.systemd import sd_notify, watchdog
 from jaa_gateway.views import Views
+from jaa_gateway.wiring import wire_core
 
 log = structlog.get_logger("jaa_gateway.app")
 
-INBOX_SIZE = 20_000
-# session events ride with alarms, so an sos never overtakes the start that locates it
-URGENT = frozenset({"sos", "man_down", "cancel", "session_start", "session_end", "badge"})
 STOP_TIMEOUT = 8.0
-# routine events (check-ins, low battery, door events) handled in one transaction at most
-BATCH_MAX = 50
 CONSOLE_WARNING = (
     "notify.driver is 'console': SMS and calls are only printed, nobody is paged "
     "(set driver = 'twilio' in production)"
 )
-# an urgent event not handled (stored, its SMS handed to the sender) this long after it reached
-# the edge is logged with its stage times (issue 17: the target is 250 ms at the 95th percentile)
-SLOW_EVENT_S = 0.25
-
-
-def sd_notify(message: str) -> bool:
-    """Tell systemd (Type=notify) something; a no-op outside systemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return False
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(addr)
-            sock.sendall(message.encode())
-        return True
-    except OSError:
-        return False
 
 
 class _Stop(Exception):
@@ -113,11 +77,8 @@ class App:
         self.deadlines = Deadlines(on_late=self.metrics.timer_lateness.observe)
         self.outbox = Outbox(cfg, self.store, self.notifier, self.metrics)
         self.outbox.may_act = self.role.may_act  # cluster hook
-        # alarm events jump the queue: an sos must not wait behind a burst of heartbeats
-        self.inbox: asyncio.PriorityQueue[tuple[int, int, DeviceEvent | DoorEvent]] = (
-            asyncio.PriorityQueue(INBOX_SIZE)
-        )
-        self._seq = itertools.count()
+        self.intake = Intake(self.metrics)
+        self._enqueue = self.intake.enqueue  # what the MQTT edge hands its events to
         self.mqtt = MqttEdge(
             cfg.mqtt,
             self.metrics,
@@ -127,7 +88,9 @@ class App:
             node=cl.node if cl is not None else None,  # cluster hook
             may_connect=self.role.may_act,  # cluster hook
         )
-        self.engine = self._wire_core()
+        self.engine = wire_core(
+            cfg, self.store, self.mqtt, self.deadlines, self.metrics, self.outbox
+        )
         self.selfwatch = SelfWatch(
             cfg,
             self.store,
@@ -188,38 +151,6 @@ class App:
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
 
-    def _wire_core(self) -> Engine:
-        """The core's services, each given what it needs; the engine runs them."""
-        cfg, metrics = self.cfg, self.metrics
-        topics = Topics(cfg.mqtt.topic_prefix)
-        devices = Devices(cfg, self.store)
-        presence = Presence(
-            self.deadlines,
-            timeout=lambda: cfg.timing.device_timeout.total_seconds(),
-            last_seen=devices.last_seen,
-        )
-        announce = Announcer(cfg.tz, topics)
-        writer = AlarmWriter(announce, metrics, self.outbox)
-        escalator = Escalator(cfg, writer, presence, utcnow)
-        raiser = Raiser(cfg, metrics, devices, escalator, announce)
-        acks = Acks(cfg, writer)
-        timers = SessionTimers(cfg, topics, presence, raiser)
-        assessments = Assessments(cfg)
-        sessions = Sessions(cfg, metrics, topics, devices, assessments, timers, acks)
-        doors = Doors(cfg, sessions, raiser)
-        inbound = Inbound(cfg, metrics, topics, devices, sessions, raiser, acks, doors)
-        services = Services(devices, assessments, presence, timers, escalator, acks, inbound)
-        return Engine(
-            cfg,
-            self.store,
-            self.mqtt,
-            self.deadlines,
-            metrics,
-            services,
-            self.outbox,
-            clock=utcnow,
-        )
-
     def _desk_status(self) -> DeskStatus:
         """The console's header, from memory."""
         cl = self.cfg.cluster
@@ -234,12 +165,6 @@ class App:
             node=cl.node if cl is not None else None,
         )
 
-    async def _enqueue(self, ev: DeviceEvent | DoorEvent) -> None:
-        prio = 0 if ev.type in URGENT else 1
-        # a full inbox slows the MQTT reader: backpressure, not loss
-        await self.inbox.put((prio, next(self._seq), ev))
-        self.metrics.inbox_depth.set(self.inbox.qsize())
-
     async def _on_connect(self) -> None:
         await self.selfwatch.republish()
         await self.engine.republish_open_alarms()
@@ -247,57 +172,6 @@ class App:
     def _on_broker_state(self, connected: bool) -> None:
         # common cause (CONTRACT §4): while the broker is away nobody is judged silent alone
         self.engine.presence.broker(connected, self.engine.clock().timestamp())
-
-    async def _consume(self) -> None:
-        while True:
-            item = await self.inbox.get()
-            batch = [item[2]]
-            if item[0] != 0:
-                # routine events that queued up together share one transaction (one fsync,
-                # not one each), a bounded number, so an sos behind them waits little;
-                # an urgent event never joins a batch, it runs at once on its own
-                while len(batch) < BATCH_MAX and not self.inbox.empty():
-                    nxt = self.inbox.get_nowait()
-                    if nxt[0] == 0:
-                        await self._handle([nxt[2]])
-                        continue
-                    batch.append(nxt[2])
-            await self._handle(batch)
-
-    async def _handle(self, batch: list[DeviceEvent | DoorEvent]) -> None:
-        began = time.time()  # wall clock, as the edge's received_at
-        try:
-            await self.engine.handle_batch(batch)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # the device repeats alarm and session events until answered, so a failure
-            # here (a full disk, say) is retried by the device, not lost
-            if len(batch) == 1:
-                log.exception("event_failed", type=batch[0].type, id=batch[0].id)
-            else:
-                log.exception(
-                    "events_failed", count=len(batch), events=[f"{e.type}:{e.id}" for e in batch]
-                )
-        else:
-            self._timed(batch[0], began)
-        finally:
-            self.metrics.inbox_depth.set(self.inbox.qsize())
-
-    def _timed(self, ev: DeviceEvent | DoorEvent, began: float) -> None:
-        """Per-stage timings of a handled event, or of a batch by its oldest (first) event."""
-        received = ev.received_at.timestamp()
-        queued, handled = began - received, time.time() - received
-        urgent = ev.type in URGENT
-        self.metrics.observe_event("urgent" if urgent else "routine", queued, handled)
-        if urgent and handled > SLOW_EVENT_S:
-            log.warning(
-                "event_slow",
-                type=ev.type,
-                id=ev.id,
-                queued_ms=round(queued * 1000, 1),
-                handled_ms=round(handled * 1000, 1),
-            )
 
     async def _lag_monitor(self) -> None:
         interval = 0.25
@@ -307,17 +181,6 @@ class App:
             await asyncio.sleep(interval)
             self.loop_lag = max(0.0, loop.time() - t0 - interval)
             self.metrics.loop_lag.set(self.loop_lag)
-
-    async def _watchdog(self) -> None:
-        usec = os.environ.get("WATCHDOG_USEC")
-        if not usec or not usec.isdigit():
-            await asyncio.Event().wait()  # no watchdog asked for: idle (a return is a fault)
-            return
-        period = int(usec) / 2e6
-        while True:
-            # sent from the event loop itself: a blocked loop stops the pings and gets killed
-            sd_notify("WATCHDOG=1")
-            await asyncio.sleep(period)
 
     async def _housekeeping(self) -> None:
         sched = housekeeping_scheduler()
@@ -409,7 +272,7 @@ class App:
                 # counted, reported as degraded and the task restarted; it never ends the daemon
                 tasks: dict[str, Callable[[], Awaitable[None]]] = {
                     "loop-lag": self._lag_monitor,
-                    "watchdog": self._watchdog,
+                    "watchdog": watchdog,
                     "console": self.console.feed.run,  # on every node: the console reads
                 }
                 if self.cluster is None:
@@ -430,7 +293,7 @@ class App:
         """What only the node that acts runs: MQTT, events, timers, sends, housekeeping."""
         return {
             "mqtt": self.mqtt.run,
-            "inbox": self._consume,
+            "inbox": lambda: self.intake.run(self.engine.handle_batch),
             "deadlines": lambda: self.deadlines.run(self.engine.on_deadlines),
             "outbox": self.outbox.run,
             "housekeeping": self._housekeeping,
@@ -466,9 +329,7 @@ class App:
         self.engine.forget()
         self.outbox.forget()
         self.selfwatch.reasons = []
-        while not self.inbox.empty():
-            self.inbox.get_nowait()
-        self.metrics.inbox_depth.set(0)
+        self.intake.drain()
 
     async def _shutdown(self) -> None:
         sd_notify("STOPPING=1")

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from jaa_gateway.config import Config
-from jaa_gateway.domain import escalation, texts
+from jaa_gateway.domain import escalation, guard_texts, texts
 from jaa_gateway.effects import Publisher
 from jaa_gateway.metrics import Metrics
 from jaa_gateway.notify.base import Notifier, TransportError
@@ -110,7 +110,7 @@ class SelfWatch:
             return {"state": "online", **node}
         return {
             "state": "degraded",
-            "reason": texts.degraded_reasons("en", self.reasons),
+            "reason": guard_texts.degraded_reasons("en", self.reasons),
             "reasons": list(self.reasons),
             **node,
         }
@@ -178,7 +178,7 @@ class SelfWatch:
         targets = escalation.resolve_targets(self.cfg, chain.steps[0].notify, None, now)
         local = now.astimezone(self.cfg.tz).strftime("%H:%M")
         body = texts.notice_sms(
-            lang, "gateway_degraded", None, None, local, texts.degraded_reasons(lang, reasons)
+            lang, "gateway_degraded", None, None, local, guard_texts.degraded_reasons(lang, reasons)
         )
         sent: list[dict[str, Any]] = []
         for t in targets:

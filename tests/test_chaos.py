@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from jaa_gateway.domain import texts
+from jaa_gateway.domain import guard_texts
 from tests.support.broker import MosquittoBroker
 from tests.support.chaos import (
     INF,
@@ -306,7 +306,7 @@ async def test_a_retried_sms_ack_whose_first_try_failed_takes_effect(
         assert (await get_alarm(gw, alarm_id))["state"] == "escalating"
         status, twiml = await gw.client.webhook("/twilio/sms", params)  # Twilio's retry
         assert status == 200
-        assert reply_text(twiml) == texts.ack_confirmation("nb", code, "sos", "Ola Nordmann")
+        assert reply_text(twiml) == guard_texts.ack_confirmation("nb", code, "sos", "Ola Nordmann")
         assert (await get_alarm(gw, alarm_id))["state"] == "acknowledged"
         # once it has acted, the same webhook again is a replay: no reply, no effect
         status, twiml = await gw.client.webhook("/twilio/sms", params)

@@ -14,8 +14,7 @@ import pytest
 from jaa_gateway import passwords
 from jaa_gateway.adapters.console import model
 from jaa_gateway.adapters.console.auth import Sessions, Throttle
-from jaa_gateway.adapters.console.feed import Feed
-from jaa_gateway.adapters.console.routes import _event
+from jaa_gateway.adapters.console.feed import Feed, sse_event
 from jaa_gateway.board import Snapshot
 from jaa_gateway.config import ConfigError
 from tests.support.cfg import OSLO, config_dict, make_config, oslo
@@ -277,9 +276,10 @@ def test_board_view_keeps_the_store_order() -> None:
 
 def test_an_sse_event_carries_every_line() -> None:
     assert (
-        _event("board", "<p>a</p>\n<p>b</p>") == "event: board\ndata: <p>a</p>\ndata: <p>b</p>\n\n"
+        sse_event("board", "<p>a</p>\n<p>b</p>")
+        == "event: board\ndata: <p>a</p>\ndata: <p>b</p>\n\n"
     )
-    assert _event("status", "x\r\ny") == "event: status\ndata: x\ndata: y\n\n"
+    assert sse_event("status", "x\r\ny") == "event: status\ndata: x\ndata: y\n\n"
 
 
 async def test_a_burst_of_changes_is_one_read_and_every_watcher_gets_it() -> None:

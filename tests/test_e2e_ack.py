@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from jaa_gateway.domain import texts
+from jaa_gateway.domain import guard_texts
 from jaa_gateway.timeutil import parse_rfc3339
 from tests.support.broker import MosquittoBroker, MqttProbe
 from tests.support.gateway import PHONES, InProcessGateway
@@ -127,7 +127,7 @@ async def test_ack_by_sms_stops_escalation_then_resolve(
         alarm_id, code, t0 = await sos_notified(gw, p, twilio_double)
         assert f"OK {code}" in (to(twilio_double, "guard-1", "sms")[0].body or "")
         reply = await sms(gw, "guard-1", f" ok {code} ")
-        assert reply == texts.ack_confirmation("nb", code, "sos", "Ola Nordmann")
+        assert reply == guard_texts.ack_confirmation("nb", code, "sos", "Ola Nordmann")
         t_ack = time.monotonic()
         ack = await wait_cmd(p, "jaa-0042", "alarm_acknowledged")
         assert ack == {"type": "alarm_acknowledged", "alarm": alarm_id, "by": "guard-1"}
@@ -163,10 +163,10 @@ async def test_plain_ok_acks_the_only_open_alarm_and_is_ambiguous_with_two(
     async with site(tmp_path, mosquitto, twilio_double) as (gw, p, _):
         ola, _, _ = await sos_notified(gw, p, twilio_double, "jaa-0042")
         per, per_code, _ = await sos_notified(gw, p, twilio_double, "jaa-0043")
-        assert await sms(gw, "guard-1", "OK") == texts.ack_reply_error("nb", "ambiguous")
+        assert await sms(gw, "guard-1", "OK") == guard_texts.ack_reply_error("nb", "ambiguous")
         await assert_untouched(gw, ola)
         await assert_untouched(gw, per)
-        assert await sms(gw, "guard-1", f"Ok,{per_code}!") == texts.ack_confirmation(
+        assert await sms(gw, "guard-1", f"Ok,{per_code}!") == guard_texts.ack_confirmation(
             "nb", per_code, "sos", "Per Student"
         )
         assert (await get_alarm(gw, per))["state"] == "acknowledged"
@@ -174,8 +174,8 @@ async def test_plain_ok_acks_the_only_open_alarm_and_is_ambiguous_with_two(
         reply = await sms(gw, "guard-1", "OK")
         assert reply is not None and reply.startswith("Kvittert")
         assert (await get_alarm(gw, ola))["state"] == "acknowledged"
-        assert await sms(gw, "guard-1", "ok") == texts.ack_reply_error("nb", "no_open_alarm")
-        assert await sms(gw, "guard-1", "on my way") == texts.ack_reply_error(
+        assert await sms(gw, "guard-1", "ok") == guard_texts.ack_reply_error("nb", "no_open_alarm")
+        assert await sms(gw, "guard-1", "on my way") == guard_texts.ack_reply_error(
             "nb", "not_understood"
         )
 
@@ -204,7 +204,7 @@ async def test_ack_by_voice_and_voicemail_never_acks(
         await assert_untouched(gw, alarm_id)
         status, twiml = await gw.client.webhook(path, voice_params(g1, "1", AnsweredBy="human"))
         assert status == 200
-        assert said(twiml) == [texts.ack_voice_confirmation("nb")]
+        assert said(twiml) == [guard_texts.ack_voice_confirmation("nb")]
         ack = await wait_cmd(p, "jaa-0042", "alarm_acknowledged")
         assert ack["by"] == "guard-1"
         a = await get_alarm(gw, alarm_id)
@@ -294,15 +294,15 @@ async def test_ack_from_someone_not_notified_is_refused(
         alarm_id, code, _ = await sos_notified(gw, p, twilio_double)
         # head-security is in the chain, but only at 4 s: not notified yet
         reply = await sms(gw, "head-security", f"OK {code}")
-        assert reply == texts.ack_reply_error("nb", "not_allowed")
+        assert reply == guard_texts.ack_reply_error("nb", "not_allowed")
         # a number the site does not know at all
         reply = await sms(gw, "+4799999999", f"OK {code}")
-        assert reply == texts.ack_reply_error("nb", "not_allowed")
+        assert reply == guard_texts.ack_reply_error("nb", "not_allowed")
         for callee in (PHONES["head-security"], "+4799999999"):
             status, twiml = await gw.client.webhook(
                 f"/twilio/voice/{alarm_id}", voice_params(callee, "1")
             )
-            assert status == 200 and said(twiml) != [texts.ack_voice_confirmation("nb")]
+            assert status == 200 and said(twiml) != [guard_texts.ack_voice_confirmation("nb")]
         await assert_untouched(gw, alarm_id)
         a = await get_alarm(gw, alarm_id)
         refused = timeline(a, "ack_refused")
@@ -333,10 +333,10 @@ async def test_unknown_code_is_explained_and_changes_nothing(
     async with site(tmp_path, mosquitto, twilio_double) as (gw, p, _):
         alarm_id, code, _ = await sos_notified(gw, p, twilio_double)
         wrong = "9999" if code != "9999" else "9998"
-        assert await sms(gw, "guard-1", f"OK {wrong}") == texts.ack_reply_error(
+        assert await sms(gw, "guard-1", f"OK {wrong}") == guard_texts.ack_reply_error(
             "nb", "unknown_code"
         )
-        assert await sms(gw, "guard-1", f"OK {code}5") == texts.ack_reply_error(
+        assert await sms(gw, "guard-1", f"OK {code}5") == guard_texts.ack_reply_error(
             "nb", "not_understood"
         )
         await assert_untouched(gw, alarm_id)
@@ -491,11 +491,11 @@ async def test_second_guards_ok_is_told_who_already_acknowledged(
         alarm_id, code, _t0 = await sos_notified(gw, p, twilio_double)
         # step 1 (2 s) tells guard-2 too
         await twilio_double.wait_for(lambda d: len(to(d, "guard-2")) >= 1, timeout=4)
-        assert await sms(gw, "guard-2", f"OK {code}") == texts.ack_confirmation(
+        assert await sms(gw, "guard-2", f"OK {code}") == guard_texts.ack_confirmation(
             "nb", code, "sos", "Ola Nordmann"
         )
         late = await sms(gw, "guard-1", f"OK {code}")
-        assert late == texts.already_acknowledged("nb", code, "Guro Vakt")
+        assert late == guard_texts.already_acknowledged("nb", code, "Guro Vakt")
         a = await get_alarm(gw, alarm_id)
         assert (a["state"], a["acknowledged_by"]) == ("acknowledged", "guard-2")
         assert len(timeline(a, "alarm_acknowledged")) == 1

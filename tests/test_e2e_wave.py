@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiohttp
 
 from jaa_gateway.calls import MAX_SPOKEN
-from jaa_gateway.domain import texts
+from jaa_gateway.domain import guard_texts, texts
 from jaa_gateway.notify.base import MAX_TWIML_CHARS
 from tests.support.broker import MosquittoBroker, probe
 from tests.support.gateway import PHONES, PUBLIC_URL, Client, GatewayProcess, site_config
@@ -226,7 +226,7 @@ async def test_pressing_1_acknowledges_exactly_the_alarms_the_call_read(
 
         # the guard presses 1 in the second call (signed as Twilio signs it)
         status, twiml = await gw.client.webhook(action, press)
-        assert status == 200 and texts.ack_voice_confirmation("nb") in twiml
+        assert status == 200 and guard_texts.ack_voice_confirmation("nb") in twiml
         for aid in alarm_of_worker.values():
             a = await get_alarm(gw, aid)
             if aid in second_ids:

@@ -34,7 +34,7 @@ import pytest
 import structlog
 
 from jaa_gateway import logs
-from jaa_gateway.domain import texts
+from jaa_gateway.domain import guard_texts
 from tests.support.broker import MosquittoBroker, MqttProbe, free_port
 from tests.support.gateway import PHONES, InProcessGateway, running_gateway, site_config
 from tests.support.twilio_double import Recorded, TwilioDouble
@@ -446,7 +446,7 @@ async def assert_database_degraded(gw: InProcessGateway, p: MqttProbe, words: st
             s.json()
             == {
                 "state": "degraded",
-                "reason": texts.degraded_reasons("en", ["database_unwritable"]),
+                "reason": guard_texts.degraded_reasons("en", ["database_unwritable"]),
                 "reasons": ["database_unwritable"],
             }
         ),

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from jaa_gateway.domain import texts
+from jaa_gateway.domain import guard_texts
 from tests.support.broker import MosquittoBroker
 from tests.support.gateway import PHONES, PUBLIC_URL, TOKEN
 from tests.support.twilio_double import TwilioDouble, sign_webhook
@@ -488,12 +488,12 @@ async def test_sms_replies_cannot_ack_alarms_their_sender_was_not_told_about(
             assert status == 200 and _is_twiml(text), text
             return "".join(m.text or "" for m in ET.fromstring(text).iter("Message"))
 
-        not_allowed = texts.ack_reply_error("nb", "not_allowed")
-        not_understood = texts.ack_reply_error("nb", "not_understood")
+        not_allowed = guard_texts.ack_reply_error("nb", "not_allowed")
+        not_understood = guard_texts.ack_reply_error("nb", "not_understood")
         assert await reply("guard-1", f"OK {code_a}") == not_allowed
         assert await reply("guard-2", f"OK {code_b}") == not_allowed
         assert await reply("ola", f"OK {code_a}") == not_allowed  # the worker himself
-        assert await reply("per", "OK") == texts.ack_reply_error("nb", "no_open_alarm")
+        assert await reply("per", "OK") == guard_texts.ack_reply_error("nb", "no_open_alarm")
         for body in (
             f"OK {code_b} OK {code_a}",
             f"OK {code_a},{code_b}",

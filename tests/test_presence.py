@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from jaa_gateway.domain import guard_texts, texts
 from jaa_gateway.domain import presence as p
-from jaa_gateway.domain import texts
 
 T = 120.0  # device_timeout
 NOW = 1_800_000_000.0  # any instant: the rule only compares differences
@@ -220,7 +220,7 @@ def test_contact_lost_count_must_be_a_count() -> None:
 
 
 def test_contact_lost_ack_confirmation_names_nobody() -> None:
-    nb = texts.ack_confirmation("nb", "0042", "contact_lost", None)
+    nb = guard_texts.ack_confirmation("nb", "0042", "contact_lost", None)
     assert nb.startswith("Kvittert: alarm for mistet kontakt 0042.")
     assert "ukjent" not in nb
-    assert "unknown" not in texts.ack_confirmation("en", "0042", "contact_lost", None)
+    assert "unknown" not in guard_texts.ack_confirmation("en", "0042", "contact_lost", None)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jaa_gateway.domain import texts
+from jaa_gateway.domain import guard_texts, texts
 from jaa_gateway.domain.gate import DENY_REASONS
 
 LANGS = ("nb", "en")
@@ -120,7 +120,7 @@ def test_unknown_language_and_kind_are_errors() -> None:
     with pytest.raises(ValueError, match="kind"):
         texts.alarm_sms("nb", "fire", WORKER, PLACE, "1234", None, None)
     with pytest.raises(ValueError, match="language"):
-        texts.ack_voice_confirmation("sv")  # type: ignore[arg-type]
+        guard_texts.ack_voice_confirmation("sv")  # type: ignore[arg-type]
 
 
 @given(
@@ -228,21 +228,21 @@ def test_reason_words_are_distinct() -> None:
 
 
 def test_ack_texts() -> None:
-    nb = texts.ack_confirmation("nb", "1234", "sos", WORKER)
+    nb = guard_texts.ack_confirmation("nb", "1234", "sos", WORKER)
     assert "Kvittert" in nb and "1234" in nb and WORKER in nb and "SOS-alarm" in nb
-    en = texts.ack_confirmation("en", "1234", "missed_checkin", WORKER)
+    en = guard_texts.ack_confirmation("en", "1234", "missed_checkin", WORKER)
     assert "Acknowledged" in en and "1234" in en and "missed check-in" in en
-    assert "kvittert" in texts.ack_voice_confirmation("nb")
-    assert "acknowledged" in texts.ack_voice_confirmation("en")
+    assert "kvittert" in guard_texts.ack_voice_confirmation("nb")
+    assert "acknowledged" in guard_texts.ack_voice_confirmation("en")
 
 
 def test_ack_reply_errors_are_distinct_per_language() -> None:
     problems = ("unknown_code", "ambiguous", "no_open_alarm", "not_allowed", "not_understood")
     for lang in LANGS:
-        bodies = [texts.ack_reply_error(lang, p) for p in problems]  # type: ignore[arg-type]
+        bodies = [guard_texts.ack_reply_error(lang, p) for p in problems]  # type: ignore[arg-type]
         assert len(set(bodies)) == len(problems)
-    assert texts.ack_reply_error("nb", "no_open_alarm") != texts.ack_reply_error(
+    assert guard_texts.ack_reply_error("nb", "no_open_alarm") != guard_texts.ack_reply_error(
         "en", "no_open_alarm"
     )
     with pytest.raises(ValueError):
-        texts.ack_reply_error("nb", "bogus")  # type: ignore[arg-type]
+        guard_texts.ack_reply_error("nb", "bogus")  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ from jaa_gateway.adapters.http_common import AlarmDesk, error, xml
 from jaa_gateway.alarms import AckResult
 from jaa_gateway.calls import MAX_SPOKEN
 from jaa_gateway.config import Config
-from jaa_gateway.domain import texts
+from jaa_gateway.domain import guard_texts, texts
 from jaa_gateway.domain.alarm import RUNNING
 from jaa_gateway.domain.replies import (
     Acknowledge,
@@ -104,13 +104,13 @@ class TwilioWebhooks:
             if replayed:
                 return xml(sms_reply(None))
             if person is None:
-                return xml(sms_reply(texts.ack_reply_error(lang, "not_allowed")))
+                return xml(sms_reply(guard_texts.ack_reply_error(lang, "not_allowed")))
             reply = parse_sms_reply(body)
             if reply is None:
-                return xml(sms_reply(texts.ack_reply_error(lang, "not_understood")))
+                return xml(sms_reply(guard_texts.ack_reply_error(lang, "not_understood")))
             choice = choose_alarm(reply, await self.views.open_alarms_for(person.id))
             if isinstance(choice, Refuse):
-                return xml(sms_reply(texts.ack_reply_error(lang, choice.problem)))
+                return xml(sms_reply(guard_texts.ack_reply_error(lang, choice.problem)))
             if isinstance(choice, AlreadyAcknowledged):
                 return xml(
                     sms_reply(self._already(choice.alarm.code, choice.alarm.acknowledged_by))
@@ -123,12 +123,12 @@ class TwilioWebhooks:
                 a = res.alarms[0]
                 return xml(sms_reply(self._already(a["code"], a["acknowledged_by"])))
             if not res.ok:
-                return xml(sms_reply(texts.ack_reply_error(lang, _refusal(res))))
+                return xml(sms_reply(guard_texts.ack_reply_error(lang, _refusal(res))))
             a = res.alarms[0]
             worker = self.cfg.person(a["person"]) if a["person"] else None
             return xml(
                 sms_reply(
-                    texts.ack_confirmation(
+                    guard_texts.ack_confirmation(
                         lang, a["code"], a["kind"], worker.name if worker else None
                     )
                 )
@@ -136,7 +136,7 @@ class TwilioWebhooks:
 
     def _already(self, code: str, acknowledged_by: str | None) -> str:
         by = self.cfg.person(acknowledged_by or "")
-        return texts.already_acknowledged(
+        return guard_texts.already_acknowledged(
             self.cfg.gateway.language, code, by.name if by else acknowledged_by
         )
 
@@ -165,9 +165,9 @@ class TwilioWebhooks:
         )
         if answered_by.startswith("machine") or answered_by == "fax":
             # voicemail never acknowledges
-            return xml(voice_reply(texts.ack_reply_error(lang, "not_allowed"), vlang))
+            return xml(voice_reply(guard_texts.ack_reply_error(lang, "not_allowed"), vlang))
         if person is None:
-            return xml(voice_reply(texts.ack_reply_error(lang, "not_allowed"), vlang))
+            return xml(voice_reply(guard_texts.ack_reply_error(lang, "not_allowed"), vlang))
         if digits != "1":
             spoken = [
                 texts.alarm_voice(
@@ -180,15 +180,15 @@ class TwilioWebhooks:
                 if a["state"] in RUNNING
             ]
             if not spoken:
-                return xml(voice_reply(texts.ack_reply_error(lang, "no_open_alarm"), vlang))
+                return xml(voice_reply(guard_texts.ack_reply_error(lang, "no_open_alarm"), vlang))
             return xml(voice_regather(spoken, vlang, self.cfg.http.public_url + request.path_qs))
         async with self._once(f"voice:{call_sid}:{','.join(ids)}" if call_sid else None) as again:
             if again:
-                return xml(voice_reply(texts.ack_voice_confirmation(lang), vlang))
+                return xml(voice_reply(guard_texts.ack_voice_confirmation(lang), vlang))
             res = await self.desk.ack(ids, by=person.id, via="voice", person_id=person.id)
         if not res.ok and res.error != "already_acknowledged":
-            return xml(voice_reply(texts.ack_reply_error(lang, _refusal(res)), vlang))
-        return xml(voice_reply(texts.ack_voice_confirmation(lang), vlang))
+            return xml(voice_reply(guard_texts.ack_reply_error(lang, _refusal(res)), vlang))
+        return xml(voice_reply(guard_texts.ack_voice_confirmation(lang), vlang))
 
     async def status(self, request: web.Request, params: dict[str, str]) -> web.Response:
         sid = params.get("MessageSid") or params.get("CallSid") or ""
@@ -207,6 +207,6 @@ class TwilioWebhooks:
         return web.Response(status=204)
 
 
-def _refusal(res: AckResult) -> texts.AckProblem:
+def _refusal(res: AckResult) -> guard_texts.AckProblem:
     """What a guard is told when the alarm service refused an acknowledgement."""
     return "not_allowed" if res.error == "not_allowed" else "no_open_alarm"

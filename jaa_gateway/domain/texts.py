@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
 from typing import Final, Literal
 
 Lang = Literal["nb", "en"]
@@ -26,8 +25,6 @@ KINDS: Final = (
     "unattended_entry",
     "gateway_degraded",
 )
-
-AckProblem = Literal["unknown_code", "ambiguous", "no_open_alarm", "not_allowed", "not_understood"]
 
 # The kind as the headline of an alarm SMS.
 _KIND: Final[dict[str, dict[str, str]]] = {
@@ -201,6 +198,29 @@ def _unwatched(lang: str, n: int | None) -> str:
     return f"{who} unwatched now. Check that they are safe."
 
 
+# alarm_sms's words: headline, worker, place, map, position only, nothing known, how to ack
+_SMS_LINES: Final[dict[str, tuple[str, str, str, str, str, str, str]]] = {
+    "nb": (
+        "JAA-ALARM",
+        "Person",
+        "Sted",
+        "Kart",
+        "ukjent sted, siste kjente posisjon",
+        "ukjent sted, ingen kjent posisjon",
+        "Svar OK {code} for å kvittere",
+    ),
+    "en": (
+        "JAA ALARM",
+        "Worker",
+        "Location",
+        "Map",
+        "unknown, last known position",
+        "unknown, no known position",
+        "Reply OK {code} to acknowledge",
+    ),
+}
+
+
 def alarm_sms(
     lang: Lang,
     kind: str,
@@ -218,37 +238,22 @@ def alarm_sms(
     `contact_lost` names no worker or place but how many sessions are `unwatched` now."""
     what = _kind(lang, kind)
     code = _code(code)
+    head, person, place, map_label, position_only, nowhere, reply = _SMS_LINES[lang]
     if kind == "contact_lost":
-        if lang == "nb":
-            return (
-                f"JAA-ALARM: {what}\n{_unwatched(lang, unwatched)}\nSvar OK {code} for å kvittere"
-            )
-        return f"JAA ALARM: {what}\n{_unwatched(lang, unwatched)}\nReply OK {code} to acknowledge"
+        return f"{head}: {what}\n{_unwatched(lang, unwatched)}\n{reply.format(code=code)}"
     who = _worker(lang, worker_name)
     name = _name(location_name)
     link = map_link(lat, lon)
-    if lang == "nb":
-        lines = [f"JAA-ALARM: {what}", f"Person: {who}"]
-        if name is not None:
-            lines.append(f"Sted: {name}")
-            if link:
-                lines.append(f"Kart: {link}")
-        elif link:
-            lines.append(f"Sted: ukjent sted, siste kjente posisjon {link}")
-        else:
-            lines.append("Sted: ukjent sted, ingen kjent posisjon")
-        lines.append(f"Svar OK {code} for å kvittere")
-        return "\n".join(lines)
-    lines = [f"JAA ALARM: {what}", f"Worker: {who}"]
+    lines = [f"{head}: {what}", f"{person}: {who}"]
     if name is not None:
-        lines.append(f"Location: {name}")
+        lines.append(f"{place}: {name}")
         if link:
-            lines.append(f"Map: {link}")
+            lines.append(f"{map_label}: {link}")
     elif link:
-        lines.append(f"Location: unknown, last known position {link}")
+        lines.append(f"{place}: {position_only} {link}")
     else:
-        lines.append("Location: unknown, no known position")
-    lines.append(f"Reply OK {code} to acknowledge")
+        lines.append(f"{place}: {nowhere}")
+    lines.append(reply.format(code=code))
     return "\n".join(lines)
 
 
@@ -375,32 +380,6 @@ def denial_sms(
     return f"JAA: {who} was refused lone work at {where}: {why}.{tail}"
 
 
-def ack_confirmation(lang: Lang, code: str, kind: str, worker_name: str | None) -> str:
-    """Reply to the guard whose acknowledgement was accepted."""
-    code = _code(code)
-    what = _kind(lang, kind, _KIND_SHORT)
-    if kind == "contact_lost":  # names nobody: the guard follows up, nobody to rush to
-        if lang == "nb":
-            return (
-                f"Kvittert: {what} {code}. Du er registrert som den som følger opp. "
-                "De andre blir ikke varslet mer."
-            )
-        return (
-            f"Acknowledged: {what} {code}. You are recorded as following up. "
-            "Nobody else will be paged."
-        )
-    who = _worker(lang, worker_name)
-    if lang == "nb":
-        return (
-            f"Kvittert: {what} {code} ({who}). Du er registrert som den som rykker ut. "
-            "De andre blir ikke varslet mer."
-        )
-    return (
-        f"Acknowledged: {what} {code} ({who}). You are recorded as responding. "
-        "Nobody else will be paged."
-    )
-
-
 def more_alarms_voice(lang: Lang, more: int) -> str:
     """Said after the alarms a grouped call reads: the others are in the SMS, and pressing 1
     in this call does not acknowledge them."""
@@ -413,85 +392,3 @@ def more_alarms_voice(lang: Lang, more: int) -> str:
     if more == 1:
         return "And 1 more alarm: see your SMS. Pressing 1 does not acknowledge it."
     return f"And {more} more alarms: see your SMS. Pressing 1 does not acknowledge them."
-
-
-def ack_voice_confirmation(lang: Lang) -> str:
-    if _lang(lang) == "nb":
-        return "Takk. Alarmen er kvittert, og du er registrert som den som rykker ut."
-    return "Thank you. The alarm is acknowledged, and you are recorded as responding."
-
-
-_ACK_ERRORS: Final[dict[str, dict[str, str]]] = {
-    "nb": {
-        "unknown_code": (
-            "Fant ingen åpen alarm med den koden. Svar OK og den firesifrede koden "
-            "fra alarmmeldingen."
-        ),
-        "ambiguous": (
-            "Du har flere åpne alarmer. Svar OK og den firesifrede koden fra alarmmeldingen "
-            "du vil kvittere."
-        ),
-        "no_open_alarm": "Du har ingen åpen alarm å kvittere.",
-        "not_allowed": "Du er ikke varslet om denne alarmen og kan ikke kvittere den.",
-        "not_understood": (
-            "Forstod ikke svaret. Svar OK og den firesifrede koden fra alarmmeldingen "
-            "for å kvittere."
-        ),
-    },
-    "en": {
-        "unknown_code": (
-            "No open alarm has that code. Reply OK and the 4-digit code from the alarm message."
-        ),
-        "ambiguous": (
-            "You have more than one open alarm. Reply OK and the 4-digit code from the alarm "
-            "message you are acknowledging."
-        ),
-        "no_open_alarm": "You have no open alarm to acknowledge.",
-        "not_allowed": "You were not notified of this alarm and cannot acknowledge it.",
-        "not_understood": (
-            "Reply not understood. Reply OK and the 4-digit code from the alarm message "
-            "to acknowledge."
-        ),
-    },
-}
-
-
-_DEGRADED: Final[dict[str, dict[str, str]]] = {
-    "nb": {
-        "notifications_failing": "SMS og oppringinger feiler",
-        "database_unwritable": "databasen kan ikke skrives til",
-        "task_failed": "en del av gatewayen feilet og ble startet på nytt",
-        "deadline_failed": "en alarm- eller øktfrist feiler gang på gang",
-    },
-    "en": {
-        "notifications_failing": "SMS and calls are failing",
-        "database_unwritable": "the database cannot be written",
-        "task_failed": "a part of the gateway failed and was restarted",
-        "deadline_failed": "an alarm or session deadline keeps failing",
-    },
-}
-
-
-def degraded_reasons(lang: Lang, codes: Sequence[str]) -> str:
-    """The gateway's own problems in words, for its gateway_degraded notice."""
-    table = _DEGRADED[_lang(lang)]
-    return ", ".join(table.get(c, c) for c in codes)
-
-
-def already_acknowledged(lang: Lang, code: str, by_name: str | None) -> str:
-    """Reply to a guard whose OK came after someone else's: help is already on its way."""
-    code = _code(code)
-    who = _name(by_name)
-    if lang == "nb":
-        by = f" av {who}" if who else ""
-        return f"Alarm {code} er allerede kvittert{by}. Ingen flere varsler sendes."
-    by = f" by {who}" if who else ""
-    return f"Alarm {code} was already acknowledged{by}. No more notifications are sent."
-
-
-def ack_reply_error(lang: Lang, problem: AckProblem) -> str:
-    """Reply to an SMS that could not acknowledge anything."""
-    try:
-        return _ACK_ERRORS[_lang(lang)][problem]
-    except KeyError:
-        raise ValueError(f"unknown acknowledgement problem {problem!r}") from None

@@ -45,7 +45,7 @@ from typing import Any
 
 import aiohttp
 
-from jaa_gateway.domain import texts
+from jaa_gateway.domain import guard_texts
 from tests.support.broker import MosquittoBroker, MqttProbe
 from tests.support.gateway import PHONES, Client, GatewayProcess, site_config
 from tests.support.twilio_double import Recorded, TwilioDouble
@@ -1089,11 +1089,11 @@ class ChaosRun:
             return
         lang = self.cfg["gateway"]["language"]
         worker = self.names.get(a["person"]) if a["person"] else None
-        if msg == texts.ack_confirmation(lang, a["code"], a["kind"], worker):
+        if msg == guard_texts.ack_confirmation(lang, a["code"], a["kind"], worker):
             self.hist.acks_confirmed.setdefault(a["id"], time.time())
             self.hist.acks_by["sms"] += 1
         elif any(
-            msg == texts.already_acknowledged(lang, a["code"], name)
+            msg == guard_texts.already_acknowledged(lang, a["code"], name)
             for name in (None, *self.names.values())
         ):
             # someone was first: the acknowledgement is stored all the same

@@ -148,3 +148,18 @@ class Feed:
                 status = self._render_status()
                 if status != self.frame.status:
                     self._publish(self.frame.board, status)
+
+
+def sse_frames(frame: Frame, previous: Frame | None) -> bytes:
+    """The events that differ from ``previous``: ``board`` and ``status`` (HTML)."""
+    out: list[str] = []
+    if previous is None or frame.board != previous.board:
+        out.append(sse_event("board", frame.board))
+    if previous is None or frame.status != previous.status:
+        out.append(sse_event("status", frame.status))
+    return "".join(out).encode("utf-8")
+
+
+def sse_event(name: str, data: str) -> str:
+    lines = data.replace("\r", "").split("\n")
+    return f"event: {name}\n" + "".join(f"data: {line}\n" for line in lines) + "\n"

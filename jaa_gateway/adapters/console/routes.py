@@ -27,17 +27,19 @@ from jaa_gateway.adapters.console.auth import (
     COOKIE,
     COOKIE_PATH,
     LOGIN_COOKIE,
+    SECURITY_HEADERS,
     ConsoleSession,
     Sessions,
     Throttle,
     new_token,
     same,
 )
-from jaa_gateway.adapters.console.feed import Feed, Frame
-from jaa_gateway.adapters.console.texts import words
+from jaa_gateway.adapters.console.feed import Feed, sse_frames
+from jaa_gateway.adapters.console.texts import JS_WORDS, words
 from jaa_gateway.adapters.http_common import ID_MAX, AlarmDesk
 from jaa_gateway.adapters.report_http import CONSOLE_PATH as REPORT_PATH
 from jaa_gateway.adapters.report_http import ReportHttp
+from jaa_gateway.alarms import AckResult
 from jaa_gateway.board import Board
 from jaa_gateway.changes import Changes
 from jaa_gateway.config import UNREADABLE_RE, Config
@@ -49,35 +51,6 @@ KEEPALIVE_S: Final = 15.0
 NOTE_MAX: Final = 4000
 PERSON_MAX: Final = 64
 PASSWORD_MAX: Final = 200
-# the page loads nothing from elsewhere and runs no inline script: an injected tag is inert
-SECURITY_HEADERS: Final = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "X-Frame-Options": "DENY",
-    "Cache-Control": "no-store",
-}
-# what the page's script needs in words (units, countdown, messages)
-JS_WORDS: Final = (
-    "ago",
-    "in",
-    "overdue",
-    "u_s",
-    "u_min",
-    "u_h",
-    "live",
-    "reconnecting",
-    "need_note",
-    "sound_on",
-    "sound_is_on",
-    "new_alarm",
-    "expired",
-    "never_heard",
-)
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -344,7 +317,7 @@ class Console:
         self.feed.watchers += 1
         try:
             frame = await self.feed.current()
-            await resp.write(b"retry: 2000\n\n" + _sse(frame, None))
+            await resp.write(b"retry: 2000\n\n" + sse_frames(frame, None))
             while not self.closing:
                 nxt = await self.feed.next_frame(frame.version, KEEPALIVE_S)
                 if self.sessions.get(s.token, self.clock()) is None:
@@ -353,7 +326,7 @@ class Console:
                 if nxt is None or nxt.version == frame.version:
                     await resp.write(b": keepalive\n\n")
                     continue
-                await resp.write(_sse(nxt, frame))
+                await resp.write(sse_frames(nxt, frame))
                 frame = nxt
         except (ConnectionResetError, ConnectionError):
             pass
@@ -374,50 +347,43 @@ class Console:
 
     # ------------------------------------------------------------------ acting
 
-    async def ack(self, request: web.Request) -> web.StreamResponse:
+    async def _acting(
+        self, request: web.Request
+    ) -> tuple[ConsoleSession, dict[str, str]] | web.Response:
+        """A POST that acts: its session and form, or the answer that refuses it."""
         s = self._session(request)
         if s is None:
             return self._unauthorized(request)
         form = await self._form(request)
         if not self._csrf_ok(request, s, form):
             return self._answer(request, 403, "forbidden")
+        return s, form
+
+    def _outcome(self, request: web.Request, res: AckResult, done: str) -> web.Response:
+        if not res.ok:
+            status = 404 if res.error == "not_found" else 409
+            return self._answer(request, status, self.t["failed"].format(detail=res.detail))
+        return self._answer(request, 200, self.t[done])
+
+    async def ack(self, request: web.Request) -> web.StreamResponse:
+        checked = await self._acting(request)
+        if isinstance(checked, web.Response):
+            return checked
+        s, _form = checked
         aid = request.match_info["id"][:ID_MAX]
         # a console user is authenticated like an API token holder: they may acknowledge any
         # open alarm (the desk answers for whoever is sent), and the audit names them
         res = await self.desk.ack([aid], by=s.person, via="console", person_id=None)
-        if not res.ok:
-            status = 404 if res.error == "not_found" else 409
-            return self._answer(request, status, self.t["failed"].format(detail=res.detail))
-        return self._answer(request, 200, self.t["done_ack"])
+        return self._outcome(request, res, "done_ack")
 
     async def resolve(self, request: web.Request) -> web.StreamResponse:
-        s = self._session(request)
-        if s is None:
-            return self._unauthorized(request)
-        form = await self._form(request)
-        if not self._csrf_ok(request, s, form):
-            return self._answer(request, 403, "forbidden")
+        checked = await self._acting(request)
+        if isinstance(checked, web.Response):
+            return checked
+        s, form = checked
         note = form.get("note", "").strip()
         if not note or len(note) > NOTE_MAX or UNREADABLE_RE.search(note):
             return self._answer(request, 400, self.t["need_note"])
         aid = request.match_info["id"][:ID_MAX]
         res = await self.desk.resolve(aid, by=s.person, note=note, via="console")
-        if not res.ok:
-            status = 404 if res.error == "not_found" else 409
-            return self._answer(request, status, self.t["failed"].format(detail=res.detail))
-        return self._answer(request, 200, self.t["done_resolve"])
-
-
-def _sse(frame: Frame, previous: Frame | None) -> bytes:
-    """The events that differ from ``previous``: ``board`` and ``status`` (HTML)."""
-    out: list[str] = []
-    if previous is None or frame.board != previous.board:
-        out.append(_event("board", frame.board))
-    if previous is None or frame.status != previous.status:
-        out.append(_event("status", frame.status))
-    return "".join(out).encode("utf-8")
-
-
-def _event(name: str, data: str) -> str:
-    lines = data.replace("\r", "").split("\n")
-    return f"event: {name}\n" + "".join(f"data: {line}\n" for line in lines) + "\n"
+        return self._outcome(request, res, "done_resolve")

@@ -256,6 +256,25 @@ _EVENT: Final[dict[str, dict[str, str]]] = {
 }
 
 
+# what the page's script needs in words (units, countdown, messages)
+JS_WORDS: Final = (
+    "ago",
+    "in",
+    "overdue",
+    "u_s",
+    "u_min",
+    "u_h",
+    "live",
+    "reconnecting",
+    "need_note",
+    "sound_on",
+    "sound_is_on",
+    "new_alarm",
+    "expired",
+    "never_heard",
+)
+
+
 def words(lang: str) -> dict[str, str]:
     """Every fixed text of the page in ``lang`` (templates read them as ``t.key``)."""
     return _T[lang]
