@@ -134,6 +134,12 @@ class SelfWatch:
         reasons = await self.check()
         now = self.clock()
         changed = reasons != self.reasons
+        if changed and not reasons:
+            # the audit says so before anyone is told (status, /healthz): whoever sees
+            # "online" finds the recovery in the log
+            log.info("gateway_recovered")
+            await self._audit("gateway_recovered")
+            self._notified_at = None
         self.reasons = reasons
         self.metrics.degraded.set(1 if reasons else 0)
         if changed:
@@ -143,10 +149,6 @@ class SelfWatch:
                 log.exception("status_publish_failed")
             if reasons:
                 log.error("gateway_degraded", reasons=reasons, details=self.details)
-            else:
-                log.info("gateway_recovered")
-                await self._audit("gateway_recovered")
-                self._notified_at = None
         if reasons and (
             changed or self._notified_at is None or now - self._notified_at >= RENOTIFY_AFTER
         ):
