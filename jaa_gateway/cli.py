@@ -8,24 +8,17 @@ import gc
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from jaa_gateway.config import ConfigError, load_config, summary
+from jaa_gateway.domain.events import DeviceEventType, DoorEventType
 
 if TYPE_CHECKING:
     from jaa_gateway.demo.simulator import Kind
 
-DEVICE_TYPES = (
-    "heartbeat",
-    "session_start",
-    "session_end",
-    "checkin",
-    "sos",
-    "man_down",
-    "cancel",
-    "low_battery",
-)
-DOOR_TYPES = ("badge", "open", "closed")
+# argparse choices in the contract's order (CONTRACT §3), from the one list of event types
+DEVICE_TYPES = get_args(DeviceEventType)
+DOOR_TYPES = get_args(DoorEventType)
 PASSWORD_ENV = "JAA_MQTT_PASSWORD"
 
 
