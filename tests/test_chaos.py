@@ -2,7 +2,7 @@
 raised, escalated and acknowledged and sessions start and lapse; after each restart the
 invariants are checked against the database and the Twilio double (tests/support/chaos.py).
 
-`make test` runs a fixed seed with 30 kills (about 90 s); `make chaos` the long run
+`make test` runs a fixed seed with 15 kills (about 30 s); `make chaos` the long run
 (CHAOS_KILLS=200). CHAOS_SEED picks another seed, CHAOS_REPORT a file for the JSON counts.
 
 The first tests feed the invariant checker hand-made states to show that each invariant can

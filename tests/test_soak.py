@@ -162,7 +162,7 @@ def test_cli_refuses_a_bad_duration(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.timeout(170)
 async def test_short_soak_holds_flat(tmp_path: Path) -> None:
     spec = SoakSpec(
-        duration_s=35,
+        duration_s=20,
         interval_s=2.5,
         devices=500,
         rate=200,
@@ -175,13 +175,13 @@ async def test_short_soak_holds_flat(tmp_path: Path) -> None:
     v = res["verdict"]
     assert v["flat"], v["reasons"]
     samples = res["samples"]
-    assert len(samples) >= 13
+    assert len(samples) >= 7
     assert all(s["rss_mb"] > 10 for s in samples)
     assert samples[-1]["cpu_s"] > samples[0]["cpu_s"]
-    # the load really ran: about 200 msg/s for 35 s reached the broker and the gateway
-    assert res["fleet"]["acked"] >= 0.9 * 200 * 35
+    # the load really ran: about 200 msg/s for 20 s reached the broker and the gateway
+    assert res["fleet"]["acked"] >= 0.9 * 200 * 20
     assert res["gateway_received"] >= res["fleet"]["acked"]
-    assert res["sos"]["sent"] >= 15
+    assert res["sos"]["sent"] >= 8
     assert res["sos"]["sms"] == res["sos"]["closed"] == res["sos"]["sent"]
     assert res["sos"]["errors"] == []
     # the sos alarms are the only alarms: no session lapsed under the load

@@ -87,7 +87,7 @@ class ChaosSettings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ChaosSettings:
         env = dict(os.environ) if env is None else env
-        kills = int(env.get("CHAOS_KILLS", "30"))
+        kills = int(env.get("CHAOS_KILLS", "15"))
         seed = int(env.get("CHAOS_SEED", str(cls.seed)))
         if kills < 1:
             raise ValueError("CHAOS_KILLS must be at least 1")
