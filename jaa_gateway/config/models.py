@@ -1,8 +1,5 @@
-"""The config's shape: frozen pydantic models, one per section and per list entry, and `Config`.
-
-Each model forbids unknown keys and checks its own fields; what needs more than one entry to see
-is in `checks`. `Config` answers look-ups by id, badge, phone, holder and door (`index`).
-"""
+"""The config's shape: frozen models forbidding unknown keys, each checking its own fields (what
+needs several entries is in `checks`); `Config` answers look-ups by id, badge, phone (`index`)."""
 
 from __future__ import annotations
 
